@@ -1,0 +1,81 @@
+// Argument checks shared by every op. Messages name the op, the tensor, what was expected
+// and what was given, e.g. "fastrnn::lstm_layer: h0 must have shape [1, 4, 8] but got [1, 4, 7]".
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <vector>
+
+namespace fastrnn {
+
+inline void check_shape(const char* op, const char* name, const at::Tensor& t, c10::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes().equals(expected), op, ": ", name, " must have shape ", expected, " but got ", t.sizes());
+}
+
+inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ", ref.scalar_type(),
+              " (the dtype of the layer input) but got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(),
+              " (the device of the layer input) but is on ", t.device());
+}
+
+// Sizes of one layer call. Letters as everywhere: D directions, T time, B batch,
+// G gates, H hidden, P output features per direction (proj_size, or H without projection).
+struct LayerSizes {
+  int64_t D, T, B, G, H, P;
+  bool proj;
+};
+
+// x_proj [D, T, B, G*H], h0 [D, B, P], c0 [D, B, H] (LSTM only), w_hh [D, G*H, P],
+// b_hh [D, G*H], w_hr [D, P, H] (LSTM only), lengths [B] int64 on the CPU.
+inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& x_proj, const at::Tensor& h0,
+                                   const at::Tensor* c0, const at::Tensor& w_hh,
+                                   const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+                                   const c10::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(x_proj.dim() == 4, op, ": x_proj must be 4-D [D, T, B, G*H] but got ", x_proj.dim(),
+              "-D with shape ", x_proj.sizes());
+  TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()), op, ": x_proj must be a floating point tensor but got ",
+              x_proj.scalar_type());
+  LayerSizes s;
+  s.D = x_proj.size(0);
+  s.T = x_proj.size(1);
+  s.B = x_proj.size(2);
+  s.G = G;
+  TORCH_CHECK(s.D == 1 || s.D == 2, op, ": x_proj.size(0) (directions) must be 1 or 2 but got ", s.D);
+  TORCH_CHECK(x_proj.size(3) % G == 0 && x_proj.size(3) > 0, op, ": x_proj.size(3) must be a positive multiple of ",
+              G, " (gates) but got ", x_proj.size(3));
+  s.H = x_proj.size(3) / G;
+  TORCH_CHECK(w_hh.dim() == 3, op, ": w_hh must be 3-D [D, G*H, P] but got shape ", w_hh.sizes());
+  s.P = w_hh.size(2);
+  s.proj = w_hr.has_value();
+  check_same_dtype_device(op, "w_hh", w_hh, x_proj);
+  check_shape(op, "w_hh", w_hh, {s.D, G * s.H, s.P});
+  check_same_dtype_device(op, "h0", h0, x_proj);
+  check_shape(op, "h0", h0, {s.D, s.B, s.P});
+  if (c0 != nullptr) {
+    check_same_dtype_device(op, "c0", *c0, x_proj);
+    check_shape(op, "c0", *c0, {s.D, s.B, s.H});
+  }
+  if (b_hh.has_value()) {
+    check_same_dtype_device(op, "b_hh", *b_hh, x_proj);
+    check_shape(op, "b_hh", *b_hh, {s.D, G * s.H});
+  }
+  if (s.proj) {
+    check_same_dtype_device(op, "w_hr", *w_hr, x_proj);
+    TORCH_CHECK(s.P < s.H, op, ": with w_hr the projection size P = ", s.P, " must be smaller than H = ", s.H);
+    check_shape(op, "w_hr", *w_hr, {s.D, s.P, s.H});
+  } else {
+    TORCH_CHECK(s.P == s.H, op, ": without w_hr, w_hh must be [D, G*H, H] = ", at::IntArrayRef({s.D, G * s.H, s.H}),
+                " but got ", w_hh.sizes());
+  }
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->scalar_type() == at::kLong, op, ": lengths must be int64 but got ", lengths->scalar_type());
+    TORCH_CHECK(lengths->device().is_cpu(), op, ": lengths must be on the CPU but is on ", lengths->device());
+    check_shape(op, "lengths", *lengths, {s.B});
+  }
+  return s;
+}
+
+}  // namespace fastrnn
