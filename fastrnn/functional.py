@@ -1,0 +1,142 @@
+"""The multi-layer, bidirectional, packed logic around the per-layer kernels.
+
+`rnn()` has the contract of torch._VF.lstm/gru/rnn_tanh/rnn_relu (and of
+fastrnn.reference.rnn): it takes torch.nn's flat weight list, runs each layer as one op
+call covering both directions, applies dropout between layers exactly as torch.nn does on
+the CPU (one F.dropout over the whole layer output, packed or padded, so seeded runs draw
+the same masks), and returns torch.nn's outputs.
+
+Which implementation runs is decided in one place, `implementation_for()`: the compiled
+kernels when they exist for the input's device, otherwise the reference, with a one-time
+warning saying why.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference
+
+_OPS = {"LSTM": "lstm_layer", "GRU": "gru_layer", "RNN_TANH": "rnn_tanh_layer", "RNN_RELU": "rnn_relu_layer"}
+
+# Set by fastrnn/__init__.py: None when the extension loaded, else the import error.
+extension_error: Exception | None = None
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def kernels_available(device: torch.device) -> bool:
+    if extension_error is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::lstm_layer", device.type.upper())
+
+
+def implementation_for(device: torch.device):
+    """The function computing the recurrence on `device`: kernels, or the reference (warned once)."""
+    if kernels_available(device):
+        return rnn
+    if extension_error is not None:
+        _warn_once(
+            "extension",
+            f"fastrnn: the compiled extension could not be loaded ({extension_error}); running the much slower "
+            "pure-PyTorch reference instead. Reinstall with `pip install --no-build-isolation -e .` against "
+            "the torch you run.",
+        )
+    else:
+        _warn_once(
+            device.type,
+            f"fastrnn: this build has no {device.type.upper()} kernels; running the much slower pure-PyTorch "
+            f"reference on {device.type} instead.",
+        )
+    return reference.rnn
+
+
+def lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
+    """[T] non-increasing batch sizes -> [B] int64 lengths on the CPU (sorted decreasingly)."""
+    B = int(batch_sizes[0])
+    return (batch_sizes.view(-1, 1) > torch.arange(B).view(1, -1)).sum(0)
+
+
+def _packed_rows(batch_sizes: Tensor, device) -> Tensor:
+    """Row indices of a packed sequence's elements in the padded [T*B] layout (time-major)."""
+    T, B = batch_sizes.numel(), int(batch_sizes[0])
+    mask = torch.arange(B).view(1, -1) < batch_sizes.view(-1, 1)
+    return mask.view(T * B).nonzero().view(-1).to(device)
+
+
+def _input_projection(x2d: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
+    """W_ih x + b_ih for all steps and directions in one GEMM: x2d [T*B, I], w_ih [D, G*H, I] -> [D, T*B, G*H]."""
+    if w_ih.size(0) == 1:
+        out = F.linear(x2d, w_ih[0], None if b_ih is None else b_ih[0])
+        return out.unsqueeze(0)
+    wt = w_ih.transpose(1, 2)
+    if b_ih is None:
+        return torch.matmul(x2d, wt)
+    return torch.baddbmm(b_ih.unsqueeze(1), x2d.expand(w_ih.size(0), -1, -1), wt)
+
+
+def _stack(ts):
+    return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts, 0)
+
+
+def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, dropout: float, training: bool,
+        bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None = None, proj: bool = False):
+    """See fastrnn.reference.rnn for the contract (identical)."""
+    op = getattr(torch.ops.fastrnn, _OPS[mode])
+    is_lstm = mode == "LSTM"
+    D = 2 if bidirectional else 1
+    h0_all, c0_all = (hx[0], hx[1]) if is_lstm else (hx, None)
+    if batch_sizes is not None:
+        T, B = batch_sizes.numel(), int(batch_sizes[0])
+        rows = _packed_rows(batch_sizes, input.device)
+        lengths = lengths_from_batch_sizes(batch_sizes)
+        x = input.new_zeros(T * B, input.size(-1)).index_copy(0, rows, input)
+    else:
+        x = input.transpose(0, 1) if batch_first else input
+        T, B = x.size(0), x.size(1)
+        lengths = None
+        x = x.reshape(T * B, x.size(-1))
+    need_grad = torch.is_grad_enabled() and (
+        input.requires_grad or any(w.requires_grad for w in weights) or h0_all.requires_grad
+        or (c0_all is not None and c0_all.requires_grad)
+    )
+    h_n, c_n = [], []
+    per_layer = reference.layer_weights(weights, bias, proj, num_layers, D)
+    for layer, dirs in enumerate(per_layer):
+        w_ih, w_hh, b_ih, b_hh, w_hr = (_stack(ts) if ts[0] is not None else None for ts in zip(*dirs))
+        x_proj = _input_projection(x, w_ih, b_ih).view(D, T, B, w_ih.size(1))
+        h0 = h0_all[layer * D:(layer + 1) * D]
+        if is_lstm:
+            c0 = c0_all[layer * D:(layer + 1) * D]
+            y, hn, cn, _ = op(x_proj, h0, c0, w_hh, b_hh, w_hr, lengths, need_grad)
+            c_n.append(cn)
+        else:
+            y, hn, _ = op(x_proj, h0, w_hh, b_hh, lengths, need_grad)
+        h_n.append(hn)
+        y = y.view(T * B, y.size(-1))
+        if dropout > 0 and training and layer < num_layers - 1:
+            # The same layout torch.nn draws its mask on: packed data, or the [T, B, D*P] output.
+            if batch_sizes is not None:
+                y = y.new_zeros(y.shape).index_copy(0, rows, F.dropout(y.index_select(0, rows), dropout, True))
+            else:
+                y = F.dropout(y, dropout, True)
+        x = y
+    if batch_sizes is not None:
+        output = x.index_select(0, rows)
+    else:
+        output = x.view(T, B, -1)
+        if batch_first:
+            output = output.transpose(0, 1)
+    hidden = torch.cat(h_n, 0)
+    if is_lstm:
+        return output, (hidden, torch.cat(c_n, 0))
+    return output, hidden
