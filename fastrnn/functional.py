@@ -34,10 +34,17 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+_DISPATCH_KEYS = {"meta": "Meta", "privateuseone": "PrivateUse1"}
+
+
+@torch.compiler.assume_constant_result  # a fixed fact of this process; lets torch.compile(fullgraph=True) through
 def kernels_available(device: torch.device) -> bool:
     if extension_error is not None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::lstm_layer", device.type.upper())
+    # The dispatch key's own spelling: "CPU", "CUDA", but "Meta" (device.type.upper() fails for it).
+    # A plain dict, not torch._C._dispatch_key_for_device, which torch.compile cannot trace.
+    key = _DISPATCH_KEYS.get(device.type, device.type.upper())
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::lstm_layer", key)
 
 
 def implementation_for(device: torch.device):
@@ -133,7 +140,7 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     if batch_sizes is not None:
         output = x.index_select(0, rows)
     else:
-        output = x.view(T, B, -1)
+        output = x.view(T, B, x.size(-1))
         if batch_first:
             output = output.transpose(0, 1)
     hidden = torch.cat(h_n, 0)

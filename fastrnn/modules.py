@@ -10,6 +10,8 @@ Weights are read by attribute on every forward, so parametrizations and weight n
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -48,9 +50,9 @@ def _check_batch_sizes(batch_sizes: Tensor, data: Tensor) -> None:
 def _check_permutation(name: str, perm, batch: int) -> None:
     if perm is None:
         return
-    if perm.dim() != 1 or perm.numel() != batch or not torch.equal(
-        perm.sort().values.cpu(), torch.arange(batch)
-    ):
+    if perm.dim() != 1 or perm.numel() != batch or (perm.device.type != "meta" and not torch.equal(
+        perm.sort().values.cpu(), torch.arange(batch)  # (values of meta tensors are unknown: shapes only)
+    )):
         raise ValueError(f"PackedSequence.{name} must be a permutation of range({batch}), got {perm.tolist()}")
 
 
@@ -65,8 +67,46 @@ def _check_state(name: str, what: str, t: Tensor, expected: tuple, dtype, device
         raise RuntimeError(f"{name}: {what} must be on {device} (the input's device), got {t.device}")
 
 
+def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    """nn.RNNBase's argument checks, in its order and with its exception classes, but naming the value given.
+
+    (nn.RNNBase's own messages, e.g. "hidden_size must be greater than zero", do not say what was given.)
+    """
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                         f"element being zeroed, got {dropout!r}")
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError(f"input_size must be greater than zero, got {input_size}")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError(f"hidden_size must be greater than zero, got {hidden_size}")
+    if isinstance(num_layers, numbers.Real) and num_layers <= 0:
+        raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
+    if not isinstance(num_layers, int):
+        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+                         f"hidden_size={hidden_size}")
+
+
 class _RNNBase(nn.RNNBase):
     """Shared forward for RNN/LSTM/GRU; nn.RNNBase supplies the parameters and their init."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None) -> None:
+        _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype)
 
     def flatten_parameters(self) -> None:
         """A no-op: fastrnn reads each weight by attribute and needs no flat cuDNN buffer."""
@@ -135,11 +175,13 @@ class _RNNBase(nn.RNNBase):
                 dims = ", ".join(f"{s.dim()}-D" for s in states)
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
                 raise RuntimeError(f"{name}: For {kind} input, hx should also be {want_dim}-D but got ({dims}) tensors")
+            # Checked as given, so the message shows the user's shapes (no batch dim when unbatched).
+            given_h, given_c = (h_shape, c_shape) if is_batched else (h_shape[::2], c_shape[::2])
+            _check_state(name, "hx[0]" if is_lstm else "hx", states[0], given_h, dtype, data.device)
+            if is_lstm:
+                _check_state(name, "hx[1]", states[1], given_c, dtype, data.device)
             if not is_batched:
                 states = tuple(s.unsqueeze(1) for s in states)
-            _check_state(name, "hx[0]" if is_lstm else "hx", states[0], h_shape, dtype, data.device)
-            if is_lstm:
-                _check_state(name, "hx[1]", states[1], c_shape, dtype, data.device)
             if sorted_indices is not None:
                 states = tuple(s.index_select(1, sorted_indices) for s in states)
             hx = states if is_lstm else states[0]
@@ -216,7 +258,8 @@ class _CellBase(nn.RNNCellBase):
         x = input if is_batched else input.unsqueeze(0)
         w = self.weight_ih
         if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
-            raise ValueError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
+            # RuntimeError, as torch.nn's cells raise for this (unlike its RNN/LSTM/GRU: ValueError).
+            raise RuntimeError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
         x = x.to(w.dtype)
         if x.size(1) != self.input_size:
             raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
@@ -228,9 +271,11 @@ class _CellBase(nn.RNNCellBase):
             if s is None:
                 s = x.new_zeros(B, self.hidden_size)
             else:
-                s = s if is_batched else s.unsqueeze(0)
+                # Checked as given, so the message shows the user's shapes: [B, H], or [H] unbatched.
                 what = f"hx[{i}]" if n_states == 2 else "hx"
-                _check_state(name, what, s, (B, self.hidden_size), x.dtype, x.device)
+                expected = (B, self.hidden_size) if is_batched else (self.hidden_size,)
+                _check_state(name, what, s, expected, x.dtype, x.device)
+                s = s if is_batched else s.unsqueeze(0)
             out.append(s)
         return x, out, is_batched
 

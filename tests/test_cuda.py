@@ -1,0 +1,117 @@
+"""The CUDA group: every test is marked `cuda` and skips without a GPU (conftest.py).
+
+fastrnn's modules on CUDA against torch.nn on CUDA (cuDNN) in float32, fastrnn on CUDA against
+fastrnn on the CPU in float64, gradcheck in float64 on CUDA, and FASTRNN_DEBUG poisoning. These
+are parity tests of whatever fastrnn runs on CUDA: today its reference (it warns once that this
+build has no CUDA kernels), the CUDA kernels once they exist.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from conftest import (
+    CELL_KINDS,
+    InputCase,
+    assert_results_close,
+    check_layer_parity,
+    init_parameters,
+    layer_results,
+)
+
+pytestmark = [
+    pytest.mark.cuda,
+    # Expected until the CUDA kernels exist: "this build has no CUDA kernels; running the reference".
+    pytest.mark.filterwarnings("ignore:fastrnn. this build has no CUDA kernels:RuntimeWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32():
+    """Both sides in true fp32: cuDNN's RNNs follow cudnn.allow_tf32 (True by default, so torch.nn's
+    fp32 might run in TF32, ~1e-3 relative) and ATen matmuls follow cuda.matmul.allow_tf32; the
+    float32 tolerance assumes IEEE fp32 on both sides. Restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+CUDA_CASES = [
+    InputCase("padded", T=5, B=3, hx=True),
+    InputCase("padded", T=1, B=1, batch_first=True, hx=False, layout="slice"),
+    InputCase("packed", lengths=(5, 3, 1), hx=False),
+    InputCase("packed_unsorted", lengths=(2, 5, 1), hx=True, layout="slice"),
+    InputCase("unbatched", T=5, hx=True),
+]
+
+
+@pytest.mark.parametrize("case", CUDA_CASES, ids=[c.id for c in CUDA_CASES])
+@pytest.mark.parametrize("num_layers,bidirectional,bias", [(1, False, True), (2, True, False)],
+                         ids=["L1-uni-bias", "L2-bi-nobias"])
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_parity_float32_vs_torch_nn(cell, num_layers, bidirectional, bias, case):
+    check_layer_parity(cell, num_layers, bidirectional, bias, case, torch.float32, device="cuda")
+
+
+@pytest.mark.parametrize("case", CUDA_CASES[::2], ids=[c.id for c in CUDA_CASES[::2]])
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_matches_cpu_float64(cell, case):
+    """fastrnn on CUDA equals fastrnn on the CPU (the tested kernels) in float64, tightly."""
+    kind = CELL_KINDS[cell]
+    module = init_parameters(kind.fastrnn_cls(5, 7, num_layers=2, bidirectional=True, batch_first=case.batch_first,
+                                              dtype=torch.float64, **dict(kind.kwargs)), seed=0)
+    args = (case, kind, 2, True, 5, 7)
+    expected = layer_results(module, *args)
+    actual = layer_results(module.cuda(), *args, device="cuda")
+    assert_results_close({k: v.cpu() for k, v in actual.items()}, expected, dtype=torch.float64,
+                         what=f"{cell} {case.id} cuda vs cpu")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed_unsorted"])
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_gradcheck_float64(cell, packed):
+    """gradcheck through the whole layer on CUDA w.r.t. the input, h0 (and c0) and every parameter."""
+    kind = CELL_KINDS[cell]
+    H = 4
+    module = kind.fastrnn_cls(3, H, num_layers=2, bidirectional=True, device="cuda", dtype=torch.float64,
+                              **dict(kind.kwargs, **({"proj_size": 2} if kind.proj_size else {})))
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    T, B = 3, 2
+    P = 2 if kind.proj_size else H
+
+    def rand(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).cuda().requires_grad_()
+
+    x, h0 = rand(T, B, 3), rand(4, B, P)
+    states = [h0, rand(4, B, H)] if kind.is_lstm else [h0]
+    lengths = torch.tensor([2, 3])
+
+    def fn(x, *rest):
+        hx = tuple(rest[:len(states)]) if kind.is_lstm else rest[0]
+        weights = dict(zip(names, rest[len(states):]))
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, hidden = torch.func.functional_call(module, weights, (inp, hx))
+        out = out.data if isinstance(out, PackedSequence) else out
+        return (out, *hidden) if isinstance(hidden, tuple) else (out, hidden)
+
+    assert torch.autograd.gradcheck(fn, (x, *states, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_debug_poison(cell, monkeypatch):
+    """With FASTRNN_DEBUG=1 (outputs poisoned with NaN before kernels run), no NaN survives."""
+    monkeypatch.setenv("FASTRNN_DEBUG", "1")
+    kind = CELL_KINDS[cell]
+    module = kind.fastrnn_cls(4, 7, num_layers=2, bidirectional=True, device="cuda", **dict(kind.kwargs))
+    x = torch.randn(5, 3, 4, device="cuda", requires_grad=True)
+    out, hidden = module(pack_padded_sequence(x, torch.tensor([2, 5, 1]), enforce_sorted=False))
+    results = [out.data, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    grads = torch.autograd.grad(sum((t * torch.randn_like(t)).sum() for t in results), [x, *module.parameters()])
+    for t in [*results, *grads]:
+        assert not torch.isnan(t).any()
