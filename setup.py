@@ -58,6 +58,12 @@ if not WITH_CUDA and not _flag("FASTRNN_NO_CUDA"):
     print(f"fastrnn setup: building the CPU kernels only ({why}).", file=sys.stderr)
 
 cxx_flags = ["-O3", "-fvisibility=hidden"]
+link_flags = []
+# at::parallel_for is a header template: without OpenMP enabled in *this* compile it runs
+# serially. Link the libgomp torch already loaded (same soname, so no second thread pool).
+if torch._C.has_openmp and sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 nvcc_flags = ["-O3", "--threads", "0", "-lineinfo"]
 define_macros = []
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
@@ -81,6 +87,7 @@ if WITH_CUDA:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 else:
     ext = CppExtension(
@@ -89,6 +96,7 @@ else:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 setup(

@@ -118,6 +118,28 @@ def test_layer_parity_float32(cell, num_layers, bidirectional, bias, case):
     check_layer_parity(cell, num_layers, bidirectional, bias, case, torch.float32)
 
 
+# ----------------------------------------------------------------------------- threaded slices
+
+# The CPU kernels split a mid-sized step between threads by hidden units (csrc/cpu/recurrence.h,
+# step_slices: one step's B*G*H*H multiply-adds in [2^18, 2^22), 2+ threads). These sizes take
+# that path, with an uneven split (120 units = 48 + 72) and sequences ending at different steps,
+# in both directions: each slice then carries some finished rows through its share of the state.
+SLICED_BATCH = {"rnn_tanh": 19, "rnn_relu": 19, "lstm": 5, "gru": 7}
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", list(SLICED_BATCH))
+def test_layer_parity_threaded_slices(cell, bidirectional):
+    lengths = tuple(1 + (5 * b) % 6 for b in range(SLICED_BATCH[cell]))  # 1..6, unsorted
+    case = InputCase("packed_unsorted", lengths=lengths, hx=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_layer_parity(cell, 2, bidirectional, True, case, torch.float64, input_size=9, hidden_size=120)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- cells
 
 CELL_NAMES = ["rnn_tanh", "rnn_relu", "lstm", "gru"]

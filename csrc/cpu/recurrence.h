@@ -7,9 +7,8 @@
 // the fused pointwise backward and one GEMM per step, and the weight gradients as single
 // GEMMs over all steps after the loop. Nothing is allocated inside the time loop.
 //
-// A Cell policy supplies the gate math for one batch row (see lstm.cpp, gru.cpp, rnn.cpp):
-//   kGates, kSaved (workspace values per hidden unit), kHasCellState, kHasDirectPath,
-//   forward_row(FwdRow), backward_row(BwdRow).
+// A Cell trait (below) says what differs between cells: gate count, what the workspace holds,
+// and which pointwise kernels (pointwise.h, built per CPU capability) run one batch row.
 //
 // Variable lengths: sequence b is active at step t iff t < lengths[b]. It stops updating
 // its state after its length, its outputs there are zero, and the reverse direction starts
@@ -26,42 +25,15 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "fastrnn/cells.h"
 #include "fastrnn/checks.h"
+#include "rows.h"
 
 namespace fastrnn {
 namespace cpu {
-
-// Pointers into one batch row for the forward pointwise pass. All are [H]-strided by gate.
-template <typename scalar_t>
-struct FwdRow {
-  const scalar_t* x;       // [G*H] input projection W_ih x + b_ih
-  const scalar_t* hg;      // [G*H] recurrent projection W_hh h_prev (no bias)
-  const scalar_t* bias;    // [G*H] b_hh, or nullptr
-  const scalar_t* h_prev;  // [H] previous hidden state (may alias h_out)
-  scalar_t* c;             // [H] LSTM cell state, read and updated in place
-  scalar_t* h_out;         // [H] new hidden state (LSTM with projection: o * tanh(c))
-  scalar_t* y_out;         // [H] second copy of the new hidden state, or nullptr
-  scalar_t* saved;         // [kSaved*H] workspace row, or nullptr in inference
-};
-
-// Pointers into one batch row for the backward pointwise pass.
-template <typename scalar_t>
-struct BwdRow {
-  const scalar_t* saved;   // [kSaved*H] workspace row written by forward
-  const scalar_t* h;       // [H] this step's output (RNN)
-  const scalar_t* h_prev;  // [H] previous hidden state (GRU)
-  const scalar_t* c_prev;  // [H] previous cell state (LSTM)
-  const scalar_t* dh_a;    // dh = dh_a + dh_b: gradient w.r.t. this step's h (pre-projection)
-  const scalar_t* dh_b;    // may be nullptr
-  scalar_t* dc;            // [H] LSTM: gradient w.r.t. c, in from step t+1, out to step t-1
-  scalar_t* dgx;           // [G*H] gradient w.r.t. the input projection's gates
-  scalar_t* dgh;           // [G*H] gradient w.r.t. the recurrent projection's gates
-  scalar_t* dh_direct;     // [H] kHasDirectPath: gradient to h_prev not through W_hh
-  scalar_t* r_out;         // [H] LSTM with projection: o * tanh(c), for the W_hr gradient
-};
 
 inline bool debug_poison() {
   const char* v = std::getenv("FASTRNN_DEBUG");
@@ -104,6 +76,166 @@ inline int64_t row_grain(int64_t work_per_row) {
   return std::max<int64_t>(1, kMinWorkPerTask / std::max<int64_t>(1, work_per_row));
 }
 
+// The Fortran BLAS entries of the BLAS that torch links (MKL in the x86 wheels), declared
+// weak: where torch does not export them, they are null and gemm() goes through at::mm.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+inline bool direct_blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+template <typename scalar_t>
+inline bool blas_call(char tb, int m, int n, int k, const scalar_t* B, int ldb, const scalar_t* A, int lda,
+                      scalar_t beta, scalar_t* C, int ldc) {
+  const scalar_t one = 1;
+  const char ta = 'N';
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (sgemm_ == nullptr) return false;
+    sgemm_(&tb, &ta, &m, &n, &k, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+    return true;
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    if (dgemm_ == nullptr) return false;
+    dgemm_(&tb, &ta, &m, &n, &k, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+    return true;
+  }
+  return false;
+}
+
+// C[M, N] = A[M, K] @ B[K, N] + beta * C, all row-major with the given row strides; with
+// b_transposed, B is stored as [N, K]. The per-step GEMMs are small, so float and double call
+// BLAS directly (the dispatcher's per-call cost shows at small sizes); half and bfloat16, or
+// a torch without exported BLAS symbols, go through at::mm.
+template <typename scalar_t>
+inline void gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
+                 bool b_transposed, at::opmath_type<scalar_t> beta, scalar_t* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (std::max({M, N, K, lda, ldb, ldc}) < kIntMax && K > 0) {
+    // BLAS is column-major: C^T = op(B)^T A^T.
+    if (blas_call<scalar_t>(b_transposed ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+                            B, static_cast<int>(ldb), A, static_cast<int>(lda), static_cast<scalar_t>(beta), C,
+                            static_cast<int>(ldc))) {
+      return;
+    }
+  }
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K}, {lda, 1}, opts);
+  const at::Tensor b = b_transposed ? at::from_blob(const_cast<scalar_t*>(B), {N, K}, {ldb, 1}, opts).t()
+                                    : at::from_blob(const_cast<scalar_t*>(B), {K, N}, {ldb, 1}, opts);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == 0) {
+    at::mm_out(c, a, b);
+  } else {
+    c.mul_(beta).addmm_(a, b);
+  }
+}
+
+// MKL's packed GEMM (float only), declared weak like the BLAS entries above.
+extern "C" {
+size_t sgemm_pack_get_size_(const char* identifier, const int* m, const int* n, const int* k) __attribute__((weak));
+void sgemm_pack_(const char* identifier, const char* trans, const int* m, const int* n, const int* k,
+                 const float* alpha, const float* src, const int* ld, float* dest) __attribute__((weak));
+void sgemm_compute_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* a,
+                    const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc)
+    __attribute__((weak));
+}
+
+// A weight W that every step multiplies: C[M, N] = A[M, K] @ W[K, N] + beta * C, M <= max_rows.
+// With `transposed`, W is stored as [N, K] (row stride ldw). In float with MKL, W is packed
+// once into MKL's internal layout (what oneDNN's RNN does), so no step re-packs it; otherwise
+// a transposed W is copied once into [K, N] so that every step reads it row by row.
+template <typename scalar_t>
+class StepWeight {
+ public:
+  StepWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows) : N_(N), K_(K) {
+    const int64_t ldw = transposed ? K : N;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && max_rows > 0 && K > 0 &&
+          std::max({N, K, max_rows}) < std::numeric_limits<int>::max()) {
+        // Column-major view: C^T[N, M] = op(W_cm)[N, K] @ A^T[K, M]; W is BLAS's "A" operand.
+        const int m = static_cast<int>(N), n = static_cast<int>(max_rows), k = static_cast<int>(K);
+        const int ld = static_cast<int>(ldw);
+        const char id = 'A', trans = transposed ? 'T' : 'N';
+        const float one = 1;
+        const size_t bytes = sgemm_pack_get_size_(&id, &m, &n, &k);
+        packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, w.options());
+        sgemm_pack_(&id, &trans, &m, &n, &k, &one, w.data_ptr<float>(), &ld, packed_.data_ptr<float>());
+        return;
+      }
+    }
+    plain_ = transposed ? w.t().contiguous() : w.contiguous();  // [K, N]
+  }
+
+  void multiply(int64_t M, const scalar_t* A, int64_t lda, at::opmath_type<scalar_t> beta, scalar_t* C,
+                int64_t ldc) const {
+    if (M == 0) return;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (packed_.defined()) {
+        const int m = static_cast<int>(N_), n = static_cast<int>(M), k = static_cast<int>(K_);
+        const int ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
+        const char packed = 'P', plain = 'N';
+        sgemm_compute_(&packed, &plain, &m, &n, &k, packed_.data_ptr<float>(), &m, A, &ld_a, &beta, C, &ld_c);
+        return;
+      }
+    }
+    gemm<scalar_t>(M, N_, K_, A, lda, plain_.data_ptr<scalar_t>(), N_, false, beta, C, ldc);
+  }
+
+ private:
+  int64_t N_, K_;
+  at::Tensor packed_;  // MKL-packed W, or undefined
+  at::Tensor plain_;   // W as [K, N] row-major, when not packed
+};
+
+struct LstmTraits {
+  static constexpr int64_t kGates = 4;
+  static constexpr int64_t kSaved = 5;  // i, f, g, o, c
+  static constexpr int64_t kCellOffset = 4;
+  static constexpr bool kHasCellState = true;
+  static constexpr bool kHasDirectPath = false;
+  static constexpr bool kSeparateRecurrentGrad = false;
+  template <typename S>
+  static typename RowKernels<S>::Forward forward(const RowKernels<S>& k) { return k.lstm_forward; }
+  template <typename S>
+  static typename RowKernels<S>::Backward backward(const RowKernels<S>& k) { return k.lstm_backward; }
+};
+
+struct GruTraits {
+  static constexpr int64_t kGates = 3;
+  static constexpr int64_t kSaved = 4;  // r, z, n, W_hn h + b_hn
+  static constexpr int64_t kCellOffset = 0;
+  static constexpr bool kHasCellState = false;
+  static constexpr bool kHasDirectPath = true;          // h_prev reaches h through z, not only W_hh
+  static constexpr bool kSeparateRecurrentGrad = true;  // b_hn sits inside r * (...)
+  template <typename S>
+  static typename RowKernels<S>::Forward forward(const RowKernels<S>& k) { return k.gru_forward; }
+  template <typename S>
+  static typename RowKernels<S>::Backward backward(const RowKernels<S>& k) { return k.gru_backward; }
+};
+
+template <bool kRelu>
+struct RnnTraits {
+  static constexpr int64_t kGates = 1;
+  static constexpr int64_t kSaved = 0;  // backward needs only h, which y holds
+  static constexpr int64_t kCellOffset = 0;
+  static constexpr bool kHasCellState = false;
+  static constexpr bool kHasDirectPath = false;
+  static constexpr bool kSeparateRecurrentGrad = false;
+  template <typename S>
+  static typename RowKernels<S>::Forward forward(const RowKernels<S>& k) {
+    return kRelu ? k.rnn_relu_forward : k.rnn_tanh_forward;
+  }
+  template <typename S>
+  static typename RowKernels<S>::Backward backward(const RowKernels<S>& k) {
+    return kRelu ? k.rnn_relu_backward : k.rnn_tanh_backward;
+  }
+};
+
 struct StepIndex {
   int64_t T;
   bool reverse;
@@ -116,6 +248,45 @@ struct StepIndex {
   int64_t prev(int64_t t) const { return reverse ? t + 1 : t - 1; }
 };
 
+// How one step's work is split across threads: S slices of the hidden units, each run by one
+// thread from its share of the recurrent GEMM through its pointwise pass. A step is then one
+// parallel region (one fork/join, not one inside BLAS and one for the pointwise pass), and
+// the pointwise pass reads gates its own thread has just written. Measured on 2 cores, this
+// wins (~8% per op) only for mid-sized steps: small ones cannot pay for any hand-off, and for
+// large ones BLAS's own threading of the whole GEMM is faster than single-threaded slices.
+// Everything else, and proj_size layers (whose projection needs every unit), runs as one
+// slice: the GEMMs threaded inside BLAS, the pointwise pass threaded over batch rows.
+struct Slice {
+  int64_t begin, size;  // hidden units [begin, begin + size)
+};
+
+inline std::vector<Slice> step_slices(const LayerSizes& s) {
+  constexpr int64_t kAlign = 16;  // one AVX-512 vector of floats
+  int64_t count = 1;
+  constexpr int64_t kMinMacsPerStep = int64_t{1} << 18, kMaxMacsPerStep = int64_t{1} << 22;
+  const int64_t macs = s.B * s.G * s.H * s.P;  // of one step's recurrent GEMM
+  if (!s.proj && !at::in_parallel_region() && macs >= kMinMacsPerStep && macs < kMaxMacsPerStep) {
+    count = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), s.H / kAlign));
+  }
+  std::vector<Slice> slices;
+  int64_t begin = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    // Boundaries on multiples of kAlign; every slice gets at least kAlign units.
+    const int64_t end = i + 1 == count ? s.H : (s.H * (i + 1) / count) / kAlign * kAlign;
+    slices.push_back({begin, end - begin});
+    begin = end;
+  }
+  return slices;
+}
+
+// Runs step_fn(slice) for every slice, each slice on its own thread when there are several.
+template <typename F>
+inline void for_each_slice(int64_t num_slices, const F& step_fn) {
+  at::parallel_for(0, num_slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) step_fn(i);
+  });
+}
+
 template <typename Cell, typename scalar_t>
 struct Engine {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -126,72 +297,113 @@ struct Engine {
                       const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_c,
                       const std::vector<int64_t>& active_rows, bool save, at::Tensor& y, at::Tensor& hn,
                       at::Tensor& cn, at::Tensor& saved) {
-    const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = s.G * s.H;
+    const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
     const int64_t W = Cell::kSaved * H;
-    at::Tensor gates = at::empty({B, GH}, x_proj.options());
+    const auto opts = x_proj.options();
+    const std::vector<Slice> slices = step_slices(s);
+    const int64_t S = static_cast<int64_t>(slices.size());
+    // Each slice's gates, [B, G * size], one after the other (slice i starts at B * G * begin).
+    at::Tensor gates = at::empty({B * GH}, opts);
+    // Without projection the state is double-buffered: a slice's pointwise pass writes the new
+    // h while other slices' GEMMs still read the old one. With projection (one slice), the
+    // pointwise pass writes r and the projection GEMM then updates h in place.
+    at::Tensor h_second = s.proj ? at::Tensor() : at::empty({B, P}, opts);
     at::Tensor r_buf, proj_buf;
     if (s.proj) {
-      r_buf = at::empty({B, H}, x_proj.options());
-      proj_buf = at::empty({B, P}, x_proj.options());
+      r_buf = at::empty({B, H}, opts);
+      proj_buf = at::empty({B, P}, opts);
     }
     scalar_t* y_ptr = y.data_ptr<scalar_t>();
+    scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    const auto row_kernel = Cell::template forward<scalar_t>(row_kernels<scalar_t>());
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
-      at::Tensor h_state = hn[d];  // hn doubles as the running state: it ends as h_T
+      at::Tensor h_state = hn[d];  // hn ends as h_T
       h_state.copy_(h0[d]);
       at::Tensor c_state;
       if (Cell::kHasCellState) {
         c_state = cn[d];
         c_state.copy_(c0[d]);
       }
-      const at::Tensor w_hh_t = w_hh[d].t();
+      // Slice i multiplies the W_hh rows of its units, gate by gate: [G * size, P].
+      std::vector<StepWeight<scalar_t>> w_slices;
+      w_slices.reserve(S);
+      const at::Tensor w_by_gate = w_hh[d].view({G, H, P});
+      for (const Slice& sl : slices) {
+        w_slices.emplace_back(w_by_gate.narrow(1, sl.begin, sl.size).reshape({G * sl.size, P}).contiguous(),
+                              G * sl.size, P, /*transposed=*/true, B);
+      }
+      c10::optional<StepWeight<scalar_t>> w_hr_step;  // h = r @ W_hr^T
+      if (s.proj) w_hr_step.emplace(w_hr->select(0, d), P, H, /*transposed=*/true, B);
       const scalar_t* xp = x_proj[d].data_ptr<scalar_t>();
       const scalar_t* bias = b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr;
-      scalar_t* hs = h_state.data_ptr<scalar_t>();
       scalar_t* cs = Cell::kHasCellState ? c_state.data_ptr<scalar_t>() : nullptr;
       scalar_t* sv = (save && W > 0) ? saved[d].data_ptr<scalar_t>() : nullptr;
-      const scalar_t* g = gates.data_ptr<scalar_t>();
       scalar_t* rb = s.proj ? r_buf.data_ptr<scalar_t>() : nullptr;
+      scalar_t* h_read = h_state.data_ptr<scalar_t>();
+      scalar_t* h_write = s.proj ? h_read : h_second.data_ptr<scalar_t>();
 
       for (int64_t k = 0; k < T; ++k) {
         const int64_t t = idx.reverse ? T - 1 - k : k;
         const int64_t n = active_rows[t];
-        if (n > 0) {
-          at::Tensor gates_n = gates.narrow(0, 0, n);
-          at::mm_out(gates_n, h_state.narrow(0, 0, n), w_hh_t);
-        }
-        at::parallel_for(0, B, row_grain(GH), [&](int64_t begin, int64_t end) {
-          for (int64_t b = begin; b < end; ++b) {
+        const auto gemm = [&](int64_t i) {
+          const Slice& sl = slices[i];
+          w_slices[i].multiply(n, h_read, P, 0, gates_p + B * G * sl.begin, G * sl.size);
+        };
+        const auto pointwise = [&](int64_t i, int64_t row_begin, int64_t row_end) {
+          const int64_t j0 = slices[i].begin, count = slices[i].size;
+          for (int64_t b = row_begin; b < row_end; ++b) {
             scalar_t* y_row = y_ptr + (t * B + b) * D * P + d * P;
             scalar_t* sv_row = sv ? sv + (t * B + b) * W : nullptr;
             if (b >= n || !idx.active(t, b)) {
-              std::fill(y_row, y_row + P, scalar_t(0));
-              if (sv_row) std::fill(sv_row, sv_row + W, scalar_t(0));
+              // Past its end a sequence outputs zeros and carries its state over unchanged.
+              if (s.proj) {
+                std::fill(y_row, y_row + P, scalar_t(0));
+              } else {
+                std::fill(y_row + j0, y_row + j0 + count, scalar_t(0));
+                std::copy(h_read + b * P + j0, h_read + b * P + j0 + count, h_write + b * P + j0);
+              }
+              for (int64_t q = 0; sv_row && q < Cell::kSaved; ++q) {
+                std::fill(sv_row + q * H + j0, sv_row + q * H + j0 + count, scalar_t(0));
+              }
               continue;
             }
             FwdRow<scalar_t> row;
-            row.x = xp + (t * B + b) * GH;
-            row.hg = g + b * GH;
-            row.bias = bias;
-            row.h_prev = hs + b * P;
-            row.c = cs ? cs + b * H : nullptr;
-            row.h_out = s.proj ? rb + b * H : hs + b * P;
-            row.y_out = s.proj ? nullptr : y_row;
-            row.saved = sv_row;
-            Cell::forward_row(row, H);
+            row.x = xp + (t * B + b) * GH + j0;
+            row.hg = gates_p + B * G * j0 + b * G * count;
+            row.hg_stride = count;
+            row.bias = bias ? bias + j0 : nullptr;
+            row.h_prev = h_read + b * P + j0;
+            row.c = cs ? cs + b * H + j0 : nullptr;
+            row.h_out = s.proj ? rb + b * H + j0 : h_write + b * P + j0;
+            row.y_out = s.proj ? nullptr : y_row + j0;
+            row.saved = sv_row ? sv_row + j0 : nullptr;
+            row_kernel(row, H, count);
           }
-        });
+        };
+        if (S == 1) {
+          gemm(0);
+          at::parallel_for(0, B, row_grain(GH), [&](int64_t b0, int64_t b1) { pointwise(0, b0, b1); });
+        } else {
+          for_each_slice(S, [&](int64_t i) {
+            gemm(i);
+            pointwise(i, 0, B);
+          });
+        }
         if (s.proj && n > 0) {
           // h = W_hr r for the active rows; inactive rows keep their state.
-          at::Tensor proj_n = proj_buf.narrow(0, 0, n);
-          at::mm_out(proj_n, r_buf.narrow(0, 0, n), w_hr->select(0, d).t());
+          w_hr_step->multiply(n, rb, H, 0, proj_buf.data_ptr<scalar_t>(), P);
           const scalar_t* pb = proj_buf.data_ptr<scalar_t>();
           for (int64_t b = 0; b < n; ++b) {
             if (!idx.active(t, b)) continue;
-            std::copy(pb + b * P, pb + (b + 1) * P, hs + b * P);
+            std::copy(pb + b * P, pb + (b + 1) * P, h_write + b * P);
             std::copy(pb + b * P, pb + (b + 1) * P, y_ptr + (t * B + b) * D * P + d * P);
           }
         }
+        std::swap(h_read, h_write);
+      }
+      if (h_read != h_state.data_ptr<scalar_t>()) {
+        std::copy(h_read, h_read + B * P, h_state.data_ptr<scalar_t>());
       }
     }
   }
@@ -225,9 +437,11 @@ struct Engine {
                        const std::vector<int64_t>& active_rows, const at::Tensor& y, const at::Tensor& saved,
                        at::Tensor& grad_x_proj, at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
                        at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
-    const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = s.G * s.H;
+    const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
     const int64_t W = Cell::kSaved * H;
     const auto opts = grad_y.options();
+    const std::vector<Slice> slices = step_slices(s);
+    const int64_t S = static_cast<int64_t>(slices.size());
     // GRU's recurrent gate gradients differ from the input ones in the n gate; the others alias.
     at::Tensor dgh_buf = Cell::kSeparateRecurrentGrad ? at::empty({T, B, GH}, opts) : at::Tensor();
     at::Tensor dh_next = at::empty({B, P}, opts);
@@ -239,10 +453,14 @@ struct Engine {
     }
     const scalar_t* gy = grad_y.data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();
+    const auto row_kernel = Cell::template backward<scalar_t>(row_kernels<scalar_t>());
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
-      at::Tensor dh_state = grad_h0[d];  // grad_h0 doubles as the running dL/dh
+      // The running dL/dh ping-pongs between grad_h0[d] and dh_next, one step each.
+      at::Tensor dh_state = grad_h0[d];
       dh_state.copy_(grad_hn[d]);
+      scalar_t* dh_cur = dh_state.data_ptr<scalar_t>();
+      scalar_t* dh_nxt = dh_next.data_ptr<scalar_t>();
       at::Tensor dc_state;
       if (Cell::kHasCellState) {
         dc_state = grad_c0[d];
@@ -250,7 +468,17 @@ struct Engine {
       }
       at::Tensor dgx = grad_x_proj[d];
       at::Tensor dgh = Cell::kSeparateRecurrentGrad ? dgh_buf : dgx;
-      const at::Tensor w_hh_d = w_hh[d];
+      // Slice i computes dh[:, its units] += dgates @ W_hh[:, its units] ([G*H, size]); with a
+      // projection (one slice) dh is P-wide and the slice takes all of W_hh.
+      std::vector<StepWeight<scalar_t>> w_slices;
+      w_slices.reserve(S);
+      for (const Slice& sl : slices) {
+        const int64_t cols = s.proj ? P : sl.size;
+        w_slices.emplace_back(w_hh[d].narrow(1, s.proj ? 0 : sl.begin, cols).contiguous(), cols, GH,
+                              /*transposed=*/false, B);
+      }
+      c10::optional<StepWeight<scalar_t>> w_hr_step;  // dr = dh @ W_hr
+      if (s.proj) w_hr_step.emplace(w_hr->select(0, d), H, P, /*transposed=*/false, B);
       const scalar_t* sv = W > 0 ? saved[d].data_ptr<scalar_t>() : nullptr;
       const at::Tensor h0_d = h0[d].contiguous();
       const scalar_t* h0p = h0_d.data_ptr<scalar_t>();
@@ -263,66 +491,95 @@ struct Engine {
       scalar_t* r_all_p = s.proj ? r_all.data_ptr<scalar_t>() : nullptr;
       const scalar_t* drb = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
 
-      for (int64_t k = T - 1; k >= 0; --k) {
-        const int64_t t = idx.reverse ? T - 1 - k : k;
-        const int64_t n = active_rows[t];
-        const scalar_t* dhs = dh_state.data_ptr<scalar_t>();
-        scalar_t* dhn = dh_next.data_ptr<scalar_t>();
-        if (s.proj) {
-          // dL/dh_t (P-space) for all rows, then back through the projection in one GEMM.
-          for (int64_t b = 0; b < B; ++b) {
-            scalar_t* dst = dha_all + (t * B + b) * P;
-            const scalar_t* gy_row = gy + (t * B + b) * D * P + d * P;
-            if (!idx.active(t, b)) {
-              std::fill(dst, dst + P, scalar_t(0));
-              continue;
+      // Step t's pointwise backward for slice i: from the complete dL/dh_t (dhs) to the gate
+      // gradients of step t and the part of dL/dh_{t-1} that bypasses W_hh (into dhn).
+      const auto pointwise = [&](int64_t t, int64_t i, int64_t row_begin, int64_t row_end, const scalar_t* dhs,
+                                 scalar_t* dhn) {
+        const int64_t j0 = slices[i].begin, count = slices[i].size;
+        const int64_t dh_begin = s.proj ? 0 : j0, dh_count = s.proj ? P : count;  // dh is P-wide
+        for (int64_t b = row_begin; b < row_end; ++b) {
+          const int64_t tb = t * B + b;
+          scalar_t* dgx_row = dgx_p + tb * GH;
+          scalar_t* dgh_row = dgh_p + tb * GH;
+          if (!idx.active(t, b)) {
+            // The state passes through untouched, and so does its gradient.
+            for (int64_t q = 0; q < G; ++q) {
+              std::fill(dgx_row + q * H + j0, dgx_row + q * H + j0 + count, scalar_t(0));
+              if (dgh_row != dgx_row) std::fill(dgh_row + q * H + j0, dgh_row + q * H + j0 + count, scalar_t(0));
             }
-            for (int64_t j = 0; j < P; ++j) {
-              dst[j] = static_cast<scalar_t>(static_cast<opmath_t>(dhs[b * P + j]) + static_cast<opmath_t>(gy_row[j]));
-            }
+            std::copy(dhs + b * P + dh_begin, dhs + b * P + dh_begin + dh_count, dhn + b * P + dh_begin);
+            if (r_all_p) std::fill(r_all_p + tb * H + j0, r_all_p + tb * H + j0 + count, scalar_t(0));
+            continue;
           }
-          if (n > 0) {
-            at::Tensor dr_n = dr_buf.narrow(0, 0, n);
-            at::mm_out(dr_n, dh_all[t].narrow(0, 0, n), w_hr->select(0, d));
+          const bool first = idx.first(t, b);
+          BwdRow<scalar_t> row;
+          row.saved = sv ? sv + tb * W + j0 : nullptr;
+          row.h = yp + tb * D * P + d * P + j0;
+          row.h_prev = (first ? h0p + b * P : yp + (idx.prev(t) * B + b) * D * P + d * P) + j0;
+          row.c_prev = !Cell::kHasCellState ? nullptr
+                       : (first ? c0p + b * H : sv + (idx.prev(t) * B + b) * W + Cell::kCellOffset * H) + j0;
+          row.dh_a = s.proj ? drb + b * H + j0 : dhs + b * P + j0;
+          row.dh_b = s.proj ? nullptr : gy + tb * D * P + d * P + j0;
+          row.dc = dcs ? dcs + b * H + j0 : nullptr;
+          row.dgx = dgx_row + j0;
+          row.dgh = dgh_row + j0;
+          row.dh_direct = dhn + b * P + j0;
+          row.r_out = r_all_p ? r_all_p + tb * H + j0 : nullptr;
+          row_kernel(row, H, count);
+          if (!Cell::kHasDirectPath) {
+            std::fill(dhn + b * P + dh_begin, dhn + b * P + dh_begin + dh_count, scalar_t(0));
           }
         }
-        at::parallel_for(0, B, row_grain(GH), [&](int64_t begin, int64_t end) {
-          for (int64_t b = begin; b < end; ++b) {
-            const int64_t tb = t * B + b;
-            scalar_t* dgx_row = dgx_p + tb * GH;
-            scalar_t* dgh_row = dgh_p + tb * GH;
-            if (!idx.active(t, b)) {
-              // The state passes through untouched, and so does its gradient.
-              std::fill(dgx_row, dgx_row + GH, scalar_t(0));
-              if (dgh_row != dgx_row) std::fill(dgh_row, dgh_row + GH, scalar_t(0));
-              std::copy(dhs + b * P, dhs + (b + 1) * P, dhn + b * P);
-              if (r_all_p) std::fill(r_all_p + tb * H, r_all_p + (tb + 1) * H, scalar_t(0));
-              continue;
+      };
+      // Completes dL/dh_{t-1} for slice i: dhn[:, slice] += dgates_t @ W_hh[:, slice]. Rows
+      // among the first n that are inactive have zero gate gradients, so their pass-through
+      // value is unaffected.
+      const auto gemm = [&](int64_t t, int64_t i, scalar_t* dhn) {
+        const int64_t col_begin = s.proj ? 0 : slices[i].begin;
+        w_slices[i].multiply(active_rows[t], dgh_p + t * B * GH, GH, 1, dhn + col_begin, P);
+      };
+
+      if (S == 1) {
+        for (int64_t k = T - 1; k >= 0; --k) {
+          const int64_t t = idx.reverse ? T - 1 - k : k;
+          if (s.proj) {
+            // dL/dh_t (P-space) for all rows, then back through the projection in one GEMM.
+            for (int64_t b = 0; b < B; ++b) {
+              scalar_t* dst = dha_all + (t * B + b) * P;
+              const scalar_t* gy_row = gy + (t * B + b) * D * P + d * P;
+              if (!idx.active(t, b)) {
+                std::fill(dst, dst + P, scalar_t(0));
+                continue;
+              }
+              for (int64_t j = 0; j < P; ++j) {
+                dst[j] = static_cast<scalar_t>(static_cast<opmath_t>(dh_cur[b * P + j]) +
+                                               static_cast<opmath_t>(gy_row[j]));
+              }
             }
-            const bool first = idx.first(t, b);
-            BwdRow<scalar_t> row;
-            row.saved = sv ? sv + tb * W : nullptr;
-            row.h = yp + tb * D * P + d * P;
-            row.h_prev = first ? h0p + b * P : yp + (idx.prev(t) * B + b) * D * P + d * P;
-            row.c_prev = !Cell::kHasCellState ? nullptr : first ? c0p + b * H : sv + (idx.prev(t) * B + b) * W + Cell::kCellOffset * H;
-            row.dh_a = s.proj ? drb + b * H : dhs + b * P;
-            row.dh_b = s.proj ? nullptr : gy + tb * D * P + d * P;
-            row.dc = dcs ? dcs + b * H : nullptr;
-            row.dgx = dgx_row;
-            row.dgh = dgh_row;
-            row.dh_direct = dhn + b * P;
-            row.r_out = r_all_p ? r_all_p + tb * H : nullptr;
-            Cell::backward_row(row, H);
-            if (!Cell::kHasDirectPath) {
-              std::fill(dhn + b * P, dhn + (b + 1) * P, scalar_t(0));
-            }
+            w_hr_step->multiply(active_rows[t], dha_all + t * B * P, P, 0, dr_buf.data_ptr<scalar_t>(), H);
           }
-        });
-        if (n > 0) {
-          // Rows among the first n that are inactive have zero gate gradients: unaffected.
-          dh_next.narrow(0, 0, n).addmm_(dgh[t].narrow(0, 0, n), w_hh_d);
+          at::parallel_for(0, B, row_grain(GH),
+                           [&](int64_t b0, int64_t b1) { pointwise(t, 0, b0, b1, dh_cur, dh_nxt); });
+          gemm(t, 0, dh_nxt);
+          std::swap(dh_cur, dh_nxt);
         }
-        dh_state.copy_(dh_next);
+      } else {
+        // One parallel region per step: slice i finishes dL/dh_t for its units (the GEMM of
+        // the step before), then runs step t's pointwise pass on them.
+        int64_t t_pending = -1;  // the step whose GEMM is still owed
+        for (int64_t k = T - 1; k >= 0; --k) {
+          const int64_t t = idx.reverse ? T - 1 - k : k;
+          for_each_slice(S, [&](int64_t i) {
+            if (t_pending >= 0) gemm(t_pending, i, dh_cur);
+            pointwise(t, i, 0, B, dh_cur, dh_nxt);
+          });
+          std::swap(dh_cur, dh_nxt);
+          t_pending = t;
+        }
+        for_each_slice(S, [&](int64_t i) { gemm(t_pending, i, dh_cur); });
+      }
+      if (dh_cur != dh_state.data_ptr<scalar_t>()) {
+        std::copy(dh_cur, dh_cur + B * P, dh_state.data_ptr<scalar_t>());
       }
 
       // Weight gradients as single GEMMs over all steps.
@@ -348,13 +605,12 @@ struct Engine {
 // Forward of one layer. Returns y [T, B, D*P], hn [D, B, P], cn [D, B, H] (undefined
 // unless the cell has a cell state) and the workspace [D, T, B, kSaved*H] (empty [0] when
 // save_for_backward is false).
-template <template <typename> class CellT>
+template <typename Cell>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, const at::Tensor& x_proj_in, const at::Tensor& h0_in, const at::Tensor* c0_in,
     const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const c10::optional<at::Tensor>& lengths, bool save) {
-  using Probe = CellT<float>;
-  const LayerSizes s = check_layer_args(op, Probe::kGates, x_proj_in, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
+  const LayerSizes s = check_layer_args(op, Cell::kGates, x_proj_in, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   TORCH_CHECK(x_proj_in.device().is_cpu(), op, ": the CPU kernel got x_proj on ", x_proj_in.device());
   const std::vector<int64_t> active_rows = active_rows_per_step(op, lengths, s.T, s.B);
   const at::Tensor x_proj = x_proj_in.contiguous();
@@ -367,10 +623,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
 
   at::Tensor y = new_output(x_proj, {s.T, s.B, s.D * s.P});
   at::Tensor hn = new_output(x_proj, {s.D, s.B, s.P});
-  at::Tensor cn = Probe::kHasCellState ? new_output(x_proj, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor saved = save ? new_output(x_proj, {s.D, s.T, s.B, Probe::kSaved * s.H}) : new_output(x_proj, {0});
+  at::Tensor cn = Cell::kHasCellState ? new_output(x_proj, {s.D, s.B, s.H}) : at::Tensor();
+  at::Tensor saved = save ? new_output(x_proj, {s.D, s.T, s.B, Cell::kSaved * s.H}) : new_output(x_proj, {0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_proj.scalar_type(), "fastrnn_layer_forward", [&] {
-    Engine<CellT<scalar_t>, scalar_t>::forward(s, x_proj, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, y,
+    Engine<Cell, scalar_t>::forward(s, x_proj, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, y,
                                                hn, cn, saved);
   });
   return {y, hn, cn, saved};
@@ -378,13 +634,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
 
 // Backward of one layer. Returns grad_x_proj, grad_h0, grad_c0 (undefined without a cell
 // state), grad_w_hh, grad_b_hh (empty [0] without b_hh) and grad_w_hr (empty [0] without w_hr).
-template <template <typename> class CellT>
+template <typename Cell>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
     const char* op, const at::Tensor& grad_y_in, const at::Tensor& grad_hn_in, const at::Tensor* grad_cn_in,
     const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
     const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in) {
-  using Probe = CellT<float>;
   TORCH_CHECK(y_in.dim() == 3, op, ": y must be 3-D [T, B, D*P] but got shape ", y_in.sizes());
   TORCH_CHECK(w_hh_in.dim() == 3 && w_hh_in.size(0) >= 1, op, ": w_hh must be 3-D [D, G*H, P] but got shape ",
               w_hh_in.sizes());
@@ -392,7 +647,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t T = y_in.size(0), B = y_in.size(1);
   // A stand-in x_proj of the right shape lets the forward checks validate everything else.
   const at::Tensor x_proj_shape = at::empty({1}, y_in.options()).expand({D, T, B, w_hh_in.size(1)});
-  const LayerSizes s = check_layer_args(op, Probe::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in,
+  const LayerSizes s = check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in,
                                         lengths);
   TORCH_CHECK(y_in.device().is_cpu(), op, ": the CPU kernel got y on ", y_in.device());
   check_shape(op, "y", y_in, {s.T, s.B, s.D * s.P});
@@ -405,7 +660,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     check_shape(op, "grad_cn", *grad_cn_in, {s.D, s.B, s.H});
   }
   check_same_dtype_device(op, "workspace", saved_in, y_in);
-  check_shape(op, "workspace", saved_in, {s.D, s.T, s.B, Probe::kSaved * s.H});
+  check_shape(op, "workspace", saved_in, {s.D, s.T, s.B, Cell::kSaved * s.H});
   const std::vector<int64_t> active_rows = active_rows_per_step(op, lengths, s.T, s.B);
 
   const at::Tensor grad_y = grad_y_in.contiguous();
@@ -422,12 +677,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t GH = s.G * s.H;
   at::Tensor grad_x_proj = new_output(y, {s.D, s.T, s.B, GH});
   at::Tensor grad_h0 = new_output(y, {s.D, s.B, s.P});
-  at::Tensor grad_c0 = Probe::kHasCellState ? new_output(y, {s.D, s.B, s.H}) : at::Tensor();
+  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(y, {s.D, s.B, s.H}) : at::Tensor();
   at::Tensor grad_w_hh = new_output(y, {s.D, GH, s.P});
   at::Tensor grad_b_hh = b_hh_in ? new_output(y, {s.D, GH}) : at::Tensor();
   at::Tensor grad_w_hr = s.proj ? new_output(y, {s.D, s.P, s.H}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastrnn_layer_backward", [&] {
-    Engine<CellT<scalar_t>, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths_c,
+    Engine<Cell, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths_c,
                                                 active_rows, y, saved, grad_x_proj, grad_h0, grad_c0, grad_w_hh,
                                                 grad_b_hh, grad_w_hr);
   });

@@ -18,27 +18,37 @@
 namespace fastrnn {
 namespace cells {
 
+// The elementary functions, as a trait so that the CPU kernels can run the same gate math
+// on SIMD vectors (csrc/cpu/pointwise.h specializes Math for at::vec::Vectorized).
 template <typename T>
-FASTRNN_HOST_DEVICE inline T exp_(T x) {
+struct Math {
+  static FASTRNN_HOST_DEVICE T exp(T x) {
 #ifdef __CUDA_ARCH__
-  return ::exp(x);
+    return ::exp(x);
 #else
-  return std::exp(x);
+    return std::exp(x);
 #endif
-}
+  }
+  static FASTRNN_HOST_DEVICE T tanh(T x) {
+#ifdef __CUDA_ARCH__
+    return ::tanh(x);
+#else
+    return std::tanh(x);
+#endif
+  }
+  static FASTRNN_HOST_DEVICE T relu(T x) { return x > T(0) ? x : T(0); }
+  // d relu from the saved output h: dh where h > 0, else 0 (torch's threshold_backward).
+  static FASTRNN_HOST_DEVICE T relu_backward(T h, T dh) { return h > T(0) ? dh : T(0); }
+};
 
 template <typename T>
 FASTRNN_HOST_DEVICE inline T tanh_(T x) {
-#ifdef __CUDA_ARCH__
-  return ::tanh(x);
-#else
-  return std::tanh(x);
-#endif
+  return Math<T>::tanh(x);
 }
 
 template <typename T>
 FASTRNN_HOST_DEVICE inline T sigmoid(T x) {
-  return T(1) / (T(1) + exp_(-x));
+  return T(1) / (T(1) + Math<T>::exp(T(0) - x));
 }
 
 // ---------------------------------------------------------------- LSTM
@@ -122,7 +132,7 @@ FASTRNN_HOST_DEVICE inline GruBackward<T> gru_backward(T r, T z, T n, T h_n, T h
 template <bool kRelu, typename T>
 FASTRNN_HOST_DEVICE inline T rnn_forward(T pre) {
   if (kRelu) {
-    return pre > T(0) ? pre : T(0);
+    return Math<T>::relu(pre);
   }
   return tanh_(pre);
 }
@@ -131,7 +141,7 @@ FASTRNN_HOST_DEVICE inline T rnn_forward(T pre) {
 template <bool kRelu, typename T>
 FASTRNN_HOST_DEVICE inline T rnn_backward(T h, T dh) {
   if (kRelu) {
-    return h > T(0) ? dh : T(0);
+    return Math<T>::relu_backward(h, dh);
   }
   return dh * (T(1) - h * h);
 }
