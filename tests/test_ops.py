@@ -244,3 +244,37 @@ def test_no_save_for_backward(cell):
         assert torch.equal(a, b), "outputs must not depend on save_for_backward"
     with pytest.raises(RuntimeError, match="save_for_backward=False, so it kept nothing for backward"):
         unsaved[0].sum().backward()
+
+
+# ----------------------------------------------------------------------------- zero time steps
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_time_steps(cell):
+    """T = 0 (the modules reject it, the ops accept it): the state passes straight through, forward
+    and backward. B=16, H=64 also makes the step big enough for the threaded-slice path."""
+    Bz, Hz = 16, 64
+    args = make_args(cell, 2, T=0, B=Bz, H=Hz, requires_grad=False)
+    outs = op_of(cell)(*args.values(), True)
+    y, hn = outs[0], outs[1]
+    assert y.shape == (0, Bz, 2 * Hz)
+    assert torch.equal(hn, args["h0"])
+    if cell == "lstm":
+        assert torch.equal(outs[2], args["c0"])
+    workspace = outs[-1]
+    grad_hn = torch.randn_like(hn)
+    grad_cn = torch.randn_like(args["c0"]) if cell == "lstm" else None
+    bw = [torch.zeros_like(y), grad_hn] + ([grad_cn] if cell == "lstm" else [])
+    bw += [args["h0"]] + ([args["c0"]] if cell == "lstm" else []) + [args["w_hh"], args["b_hh"]]
+    bw += ([args["w_hr"]] if cell == "lstm" else []) + [args["lengths"], y, workspace]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = backward_op_of(cell)(*bw)
+    finally:
+        torch.set_num_threads(previous)
+    assert grads[0].shape == (2, 0, Bz, GATES[cell] * Hz)
+    assert torch.equal(grads[1], grad_hn)
+    if cell == "lstm":
+        assert torch.equal(grads[2], grad_cn)
+    w_hh_grad = grads[3] if cell == "lstm" else grads[2]
+    assert torch.equal(w_hh_grad, torch.zeros_like(args["w_hh"]))

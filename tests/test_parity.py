@@ -127,15 +127,16 @@ def test_layer_parity_float32(cell, num_layers, bidirectional, bias, case):
 SLICED_BATCH = {"rnn_tanh": 19, "rnn_relu": 19, "lstm": 5, "gru": 7}
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", list(SLICED_BATCH))
-def test_layer_parity_threaded_slices(cell, bidirectional):
+def test_layer_parity_threaded_slices(cell, bidirectional, dtype):
     lengths = tuple(1 + (5 * b) % 6 for b in range(SLICED_BATCH[cell]))  # 1..6, unsorted
     case = InputCase("packed_unsorted", lengths=lengths, hx=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        check_layer_parity(cell, 2, bidirectional, True, case, torch.float64, input_size=9, hidden_size=120)
+        check_layer_parity(cell, 2, bidirectional, True, case, dtype, input_size=9, hidden_size=120)
     finally:
         torch.set_num_threads(threads)
 

@@ -35,9 +35,9 @@ struct Math<at::vec::Vectorized<S>> {
                       S(-5.396825396825397e-02), S(1.3333333333333333e-01), S(-3.333333333333333e-01), S(1)}) {
       p = at::vec::fmadd(p, a2, V(c));
     }
-    const V small = a * p;
-    const V t = V::blendv(large, small, a < V(S(0.25)));
-    return V::blendv(t, t.neg(), x < V(S(0)));
+    const V small = x * p;  // odd: carries x's sign, -0.0 included
+    const V large_signed = V::blendv(large, large.neg(), x < V(S(0)));
+    return V::blendv(large_signed, small, a < V(S(0.25)));
   }
   static V relu(V x) { return at::vec::clamp_min(x, V(S(0))); }
   static V relu_backward(V h, V dh) { return V::blendv(V(S(0)), dh, h > V(S(0))); }

@@ -147,35 +147,42 @@ void sgemm_compute_(const char* transa, const char* transb, const int* m, const 
 
 // A weight W that every step multiplies: C[M, N] = A[M, K] @ W[K, N] + beta * C, M <= max_rows.
 // With `transposed`, W is stored as [N, K] (row stride ldw). In float with MKL, W is packed
-// once into MKL's internal layout (what oneDNN's RNN does), so no step re-packs it; otherwise
-// a transposed W is copied once into [K, N] so that every step reads it row by row.
+// once into MKL's internal layout (what oneDNN's RNN does), so no step re-packs it; MKL's
+// packed GEMM is specified only for the sizes it was packed for, so steps with fewer rows (a
+// packed batch's shorter tail) multiply the unpacked W. Otherwise a transposed W is copied once
+// into [K, N] so that every step reads it row by row.
 template <typename scalar_t>
 class StepWeight {
  public:
-  StepWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows) : N_(N), K_(K) {
-    const int64_t ldw = transposed ? K : N;
+  StepWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows)
+      : N_(N), K_(K), packed_rows_(max_rows) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && max_rows > 0 && K > 0 &&
+      if (sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && max_rows > 0 && K > 0 && N > 0 &&
           std::max({N, K, max_rows}) < std::numeric_limits<int>::max()) {
+        w_ = w.contiguous();
+        ldw_ = transposed ? K : N;
+        transposed_ = transposed;
         // Column-major view: C^T[N, M] = op(W_cm)[N, K] @ A^T[K, M]; W is BLAS's "A" operand.
         const int m = static_cast<int>(N), n = static_cast<int>(max_rows), k = static_cast<int>(K);
-        const int ld = static_cast<int>(ldw);
+        const int ld = static_cast<int>(ldw_);
         const char id = 'A', trans = transposed ? 'T' : 'N';
         const float one = 1;
         const size_t bytes = sgemm_pack_get_size_(&id, &m, &n, &k);
         packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, w.options());
-        sgemm_pack_(&id, &trans, &m, &n, &k, &one, w.data_ptr<float>(), &ld, packed_.data_ptr<float>());
+        sgemm_pack_(&id, &trans, &m, &n, &k, &one, w_.data_ptr<float>(), &ld, packed_.data_ptr<float>());
         return;
       }
     }
-    plain_ = transposed ? w.t().contiguous() : w.contiguous();  // [K, N]
+    w_ = transposed ? w.t().contiguous() : w.contiguous();  // [K, N]
+    ldw_ = N;
+    transposed_ = false;
   }
 
   void multiply(int64_t M, const scalar_t* A, int64_t lda, at::opmath_type<scalar_t> beta, scalar_t* C,
                 int64_t ldc) const {
-    if (M == 0) return;
+    if (M == 0 || N_ == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (packed_.defined()) {
+      if (packed_.defined() && M == packed_rows_) {
         const int m = static_cast<int>(N_), n = static_cast<int>(M), k = static_cast<int>(K_);
         const int ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
         const char packed = 'P', plain = 'N';
@@ -183,13 +190,15 @@ class StepWeight {
         return;
       }
     }
-    gemm<scalar_t>(M, N_, K_, A, lda, plain_.data_ptr<scalar_t>(), N_, false, beta, C, ldc);
+    gemm<scalar_t>(M, N_, K_, A, lda, w_.data_ptr<scalar_t>(), ldw_, transposed_, beta, C, ldc);
   }
 
  private:
-  int64_t N_, K_;
-  at::Tensor packed_;  // MKL-packed W, or undefined
-  at::Tensor plain_;   // W as [K, N] row-major, when not packed
+  int64_t N_, K_, packed_rows_;
+  at::Tensor packed_;  // MKL-packed W for packed_rows_ rows, or undefined
+  at::Tensor w_;       // W, unpacked: as given (when packed) or as [K, N]
+  int64_t ldw_ = 0;
+  bool transposed_ = false;
 };
 
 struct LstmTraits {
@@ -576,7 +585,7 @@ struct Engine {
           std::swap(dh_cur, dh_nxt);
           t_pending = t;
         }
-        for_each_slice(S, [&](int64_t i) { gemm(t_pending, i, dh_cur); });
+        if (t_pending >= 0) for_each_slice(S, [&](int64_t i) { gemm(t_pending, i, dh_cur); });
       }
       if (dh_cur != dh_state.data_ptr<scalar_t>()) {
         std::copy(dh_cur, dh_cur + B * P, dh_state.data_ptr<scalar_t>());

@@ -64,7 +64,8 @@ inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& 
   }
   if (s.proj) {
     check_same_dtype_device(op, "w_hr", *w_hr, x_proj);
-    TORCH_CHECK(s.P < s.H, op, ": with w_hr the projection size P = ", s.P, " must be smaller than H = ", s.H);
+    TORCH_CHECK(s.P >= 1 && s.P < s.H, op, ": with w_hr the projection size P = ", s.P,
+                " must be in [1, H - 1] with H = ", s.H);
     check_shape(op, "w_hr", *w_hr, {s.D, s.P, s.H});
   } else {
     TORCH_CHECK(s.P == s.H, op, ": without w_hr, w_hh must be [D, G*H, H] = ", at::IntArrayRef({s.D, G * s.H, s.H}),
