@@ -3,7 +3,8 @@
 //
 // Included once per CPU capability by pointwise_<capability>.cpp, which defines
 // FASTRNN_CAPABILITY_NS first. Everything here has internal linkage or lives in that
-// namespace, so code compiled for AVX2 never stands in for the portable build.
+// namespace, so code compiled for AVX2 or AVX-512 never stands in for the portable build
+// (tests/test_build.py checks the built library for AVX code outside these kernels).
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>

@@ -87,8 +87,6 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const int* ldc) __attribute__((weak));
 }
 
-inline bool direct_blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
-
 template <typename scalar_t>
 inline bool blas_call(char tb, int m, int n, int k, const scalar_t* B, int ldb, const scalar_t* A, int lda,
                       scalar_t beta, scalar_t* C, int ldc) {
