@@ -36,6 +36,7 @@ struct Math {
     return std::tanh(x);
 #endif
   }
+  static FASTRNN_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + exp(T(0) - x)); }
   static FASTRNN_HOST_DEVICE T relu(T x) { return x > T(0) ? x : T(0); }
   // d relu from the saved output h: dh where h > 0, else 0 (torch's threshold_backward).
   static FASTRNN_HOST_DEVICE T relu_backward(T h, T dh) { return h > T(0) ? dh : T(0); }
@@ -48,7 +49,7 @@ FASTRNN_HOST_DEVICE inline T tanh_(T x) {
 
 template <typename T>
 FASTRNN_HOST_DEVICE inline T sigmoid(T x) {
-  return T(1) / (T(1) + Math<T>::exp(T(0) - x));
+  return Math<T>::sigmoid(x);
 }
 
 // ---------------------------------------------------------------- LSTM
