@@ -288,3 +288,34 @@ def test_low_precision_error_vs_torch_nn(cell, dtype):
     expected = results(ref64, torch.float64)
     assert_low_precision_close(results(twin, dtype), results(baseline, dtype, baseline_ctx), expected, dtype,
                                what=f"{cell} layers={num_layers} bidirectional")
+
+
+# ----------------------------------------------------------------------------- NaN propagation
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_nan_propagates_like_torch_nn(cell, dtype):
+    """A NaN in the input reaches exactly the outputs and gradients it reaches in torch.nn.
+
+    Catches activations that swallow NaN (e.g. a relu written `x > 0 ? x : 0` maps NaN to 0, and a
+    relu backward written `h > 0 ? dh : 0` drops the gradient where torch's threshold_backward keeps it).
+    """
+    kind = CELL_KINDS[cell]
+    if dtype != torch.float64 and not torch_nn_supports(kind, dtype):
+        pytest.skip(f"torch.nn has no CPU {cell} in {dtype} in this torch")
+    ref, twin = make_pair(kind, 3, 4, num_layers=2, dtype=dtype, seed=5)
+    x = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(dtype)
+    x[1, 0, 2] = float("nan")
+    results = []
+    for module in (ref, twin):
+        xi = x.clone().requires_grad_(True)
+        out, _ = module(xi)
+        grad_out = torch.ones_like(out)
+        grad_out[2, 1] = float("nan")  # NaN arriving from the loss, too
+        out.backward(grad_out)
+        results.append((out.detach().isnan(), xi.grad.isnan(), [p.grad.isnan() for p in module.parameters()]))
+    (out_r, gx_r, gp_r), (out_t, gx_t, gp_t) = results
+    assert torch.equal(out_r, out_t), "NaN pattern of the output differs from torch.nn"
+    assert torch.equal(gx_r, gx_t), "NaN pattern of the input gradient differs from torch.nn"
+    for a, b in zip(gp_r, gp_t):
+        assert torch.equal(a, b), "NaN pattern of a parameter gradient differs from torch.nn"

@@ -47,7 +47,7 @@ struct VecMath {
     return V::blendv(large_signed, small, a < V(S(0.25)));
   }
   static V relu(V x) { return at::vec::clamp_min(x, V(S(0))); }
-  static V relu_backward(V h, V dh) { return V::blendv(V(S(0)), dh, h > V(S(0))); }
+  static V relu_backward(V h, V dh) { return V::blendv(dh, V(S(0)), h <= V(S(0))); }
 };
 
 template <typename S>

@@ -37,9 +37,10 @@ struct Math {
 #endif
   }
   static FASTRNN_HOST_DEVICE T sigmoid(T x) { return T(1) / (T(1) + exp(T(0) - x)); }
-  static FASTRNN_HOST_DEVICE T relu(T x) { return x > T(0) ? x : T(0); }
-  // d relu from the saved output h: dh where h > 0, else 0 (torch's threshold_backward).
-  static FASTRNN_HOST_DEVICE T relu_backward(T h, T dh) { return h > T(0) ? dh : T(0); }
+  // Written so that NaN propagates as in torch: relu(NaN) = NaN, and a NaN h passes dh through.
+  static FASTRNN_HOST_DEVICE T relu(T x) { return x < T(0) ? T(0) : x; }
+  // d relu from the saved output h: 0 where h <= 0, else dh (torch's threshold_backward).
+  static FASTRNN_HOST_DEVICE T relu_backward(T h, T dh) { return h <= T(0) ? T(0) : dh; }
 };
 
 template <typename T>
