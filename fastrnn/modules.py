@@ -11,6 +11,7 @@ Weights are read by attribute on every forward, so parametrizations and weight n
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -340,8 +341,20 @@ class GRUCell(_CellBase):
 _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
 
 
-def _twin_of(module: nn.Module) -> nn.Module:
-    cls = _TWINS[type(module)]
+# Per-module hook registries (torch.nn.Module attributes). A twin shares the very same dicts, so a
+# hook registered before convert() still fires, and its handle still removes it.
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+               "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
+def _twin_of(module: nn.Module) -> nn.Module | str:
+    """The fastrnn twin of `module`, holding its Parameters and hooks; or, if it cannot have one, why not."""
+    cls = _TWINS.get(type(module))
+    if cls is None:
+        base = next(c for c in _TWINS if isinstance(module, c))
+        return (f"its class {type(module).__qualname__} is a subclass of torch.nn.{base.__name__} (it may override "
+                "forward, or carry a parametrization), which fastrnn does not replace")
     p = next(module.parameters())
     if isinstance(module, nn.RNNBase):
         kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
@@ -354,23 +367,47 @@ def _twin_of(module: nn.Module) -> nn.Module:
     else:
         kwargs = {"nonlinearity": module.nonlinearity} if isinstance(module, nn.RNNCell) else {}
         twin = cls(module.input_size, module.hidden_size, bias=module.bias, device="meta", dtype=p.dtype, **kwargs)
+    names = sorted(n for n, _ in module.named_parameters(recurse=False))
+    expected = sorted(n for n, _ in twin.named_parameters(recurse=False))
+    if names != expected:
+        return f"its parameters {names} are not torch.nn's {expected} (weight_norm or another reparametrization)"
     # The very same Parameter objects, so an existing optimizer keeps working.
     for name, param in module.named_parameters(recurse=False):
         setattr(twin, name, param)
+    for hooks in _HOOK_DICTS:
+        if hasattr(module, hooks):
+            setattr(twin, hooks, getattr(module, hooks))
     twin.train(module.training)
     return twin
+
+
+def _warn_not_converted(path: str, module: nn.Module, why: str) -> None:
+    warnings.warn(f"fastrnn.convert: left {path or 'the model'} ({type(module).__name__}) as torch.nn because {why}",
+                  RuntimeWarning, stacklevel=3)
 
 
 def convert(model: nn.Module) -> nn.Module:
     """Replaces, in place, every torch.nn RNN/LSTM/GRU (and cell) inside `model` by its fastrnn twin.
 
-    The twins hold the very same Parameter objects. Returns `model` (or its twin, if `model` itself
-    is one of those classes, since a module cannot replace itself in place).
+    The twins hold the very same Parameter objects and the same hook registries (hooks registered
+    before still fire; their handles still remove them). Returns `model` (or its twin, if `model`
+    itself is one of those classes, since a module cannot replace itself in place). A module that
+    cannot be replaced faithfully (a subclass, a parametrized module, reparametrized weights) is left
+    as torch.nn with a RuntimeWarning naming it and why.
     """
-    if type(model) in _TWINS:
-        return _twin_of(model)
-    for parent in list(model.modules()):
+    recurrent = tuple(_TWINS)
+    if isinstance(model, recurrent):
+        twin = _twin_of(model)
+        if isinstance(twin, str):
+            _warn_not_converted("", model, twin)
+            return model
+        return twin
+    for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) in _TWINS:
-                setattr(parent, child_name, _twin_of(child))
+            if isinstance(child, recurrent):
+                twin = _twin_of(child)
+                if isinstance(twin, str):
+                    _warn_not_converted(f"{parent_name}.{child_name}" if parent_name else child_name, child, twin)
+                else:
+                    setattr(parent, child_name, twin)
     return model

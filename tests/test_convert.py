@@ -231,3 +231,57 @@ def test_converted_model_keeps_a_float32_dtype():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     for g, w in zip(flatten(model(x)), flatten(want)):
         assert_close(g, w)
+
+
+def test_hooks_registered_before_convert_still_fire_and_remove():
+    model = nn.Sequential(nn.LSTM(3, 4), )
+    calls = []
+    handle = model[0].register_forward_hook(lambda module, args, out: calls.append(type(module)))
+    pre = model[0].register_forward_pre_hook(lambda module, args: calls.append("pre"))
+    fastrnn.convert(model)
+    assert isinstance(model[0], fastrnn.LSTM)
+    model(torch.randn(2, 1, 3))
+    assert calls == ["pre", fastrnn.LSTM]
+    handle.remove()
+    pre.remove()
+    model(torch.randn(2, 1, 3))
+    assert calls == ["pre", fastrnn.LSTM], "a removed hook fired"
+
+
+class MyLSTM(nn.LSTM):
+    def forward(self, x, hx=None):  # a subclass may change what forward does
+        out, state = super().forward(x, hx)
+        return out * 2, state
+
+
+def test_subclass_is_left_as_torch_nn_with_a_warning():
+    model = nn.Sequential(MyLSTM(3, 4), nn.GRU(4, 2))
+    with pytest.warns(RuntimeWarning, match=r"left 0 \(MyLSTM\) as torch.nn because its class .*MyLSTM is a subclass"):
+        fastrnn.convert(model)
+    assert type(model[0]) is MyLSTM and isinstance(model[1], fastrnn.GRU)
+    with pytest.warns(RuntimeWarning, match="MyLSTM"):
+        assert fastrnn.convert(MyLSTM(3, 4)).__class__ is MyLSTM
+
+
+def test_parametrized_module_is_left_as_torch_nn_with_a_warning():
+    from torch.nn.utils import parametrize
+
+    class Scale(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    model = nn.Sequential(nn.LSTM(3, 4))
+    parametrize.register_parametrization(model[0], "weight_hh_l0", Scale())
+    with pytest.warns(RuntimeWarning, match=r"left 0 .* as torch.nn"):
+        fastrnn.convert(model)
+    assert not isinstance(model[0], fastrnn.LSTM)
+
+
+def test_reparametrized_weights_are_left_as_torch_nn_with_a_warning():
+    model = nn.Sequential(nn.GRU(3, 4))
+    del model[0]._parameters["weight_hh_l0"]  # what weight_norm does: the weight becomes g * v / |v|
+    model[0].weight_hh_l0_g = nn.Parameter(torch.ones(12, 1))
+    model[0].weight_hh_l0_v = nn.Parameter(torch.randn(12, 4))
+    with pytest.warns(RuntimeWarning, match="are not torch.nn's"):
+        fastrnn.convert(model)
+    assert not isinstance(model[0], fastrnn.GRU)
