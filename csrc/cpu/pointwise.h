@@ -60,7 +60,7 @@ struct Math<at::vec::Vectorized<S>> : VecMath<S> {};
 // per unit costs ~10 cycles of throughput. Here exp is inline (range reduction to
 // |r| <= ln2/2, Taylor series to r^7: truncation < 6e-9 relative, under float's 6e-8
 // epsilon) and 1/d is the hardware reciprocal estimate plus one Newton step (relative
-// error ~2^-28 before rounding). tests/test_ops.py checks both against float64 over
+// error ~2^-28 before rounding). tests/test_activations.py checks both against float64 over
 // [-100, 100], infinities and NaN, at every capability this CPU has. Internal linkage: the
 // AVX2 and AVX-512 builds define the same names on different vector types.
 namespace {
