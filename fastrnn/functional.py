@@ -75,6 +75,32 @@ def implementation_for(device: torch.device):
     return reference.rnn
 
 
+# What torch.nn computes in under CPU autocast, measured with torch 2.14 (and the dtype it returns):
+# the autocast dtype for LSTM, RNN and RNNCell; float32 for GRU, LSTMCell and GRUCell.
+_CPU_AUTOCAST_LOWER_PRECISION = {("LSTM", False), ("RNN_TANH", False), ("RNN_RELU", False), ("RNN_TANH", True),
+                                 ("RNN_RELU", True)}
+
+
+def autocast_dtype(mode: str, is_cell: bool, device: torch.device) -> torch.dtype | None:
+    """The dtype a layer (or cell) of `mode` computes in under autocast on `device`; None when autocast is
+    off there. CPU only for now: other devices keep the weights' dtype."""
+    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    if (mode, is_cell) in _CPU_AUTOCAST_LOWER_PRECISION:
+        return torch.get_autocast_dtype("cpu")
+    return torch.float32
+
+
+def run_without_autocast(impl, *args):
+    """impl(*args) with autocast off, for arguments already cast to the dtype autocast chose (so that the
+    projection's F.linear in the reference, or anything else inside, is not cast a second time)."""
+    device_type = args[1].device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return impl(*args)
+    return impl(*args)
+
+
 def lengths_from_batch_sizes(batch_sizes: Tensor) -> Tensor:
     """[T] non-increasing batch sizes -> [B] int64 lengths on the CPU (sorted decreasingly)."""
     B = int(batch_sizes[0])

@@ -156,8 +156,11 @@ class _RNNBase(nn.RNNBase):
             )
         if data.device != w0.device:
             raise RuntimeError(f"{name}: input is on {data.device} but the parameters are on {w0.device}")
-        dtype = w0.dtype if torch._C._is_any_autocast_enabled() else data.dtype
+        dtype = functional.autocast_dtype(self.mode, False, data.device) or (
+            w0.dtype if torch._C._is_any_autocast_enabled() else data.dtype)
         data = data.to(dtype)
+        if dtype != w0.dtype:  # under autocast: torch.nn casts its weights (and states) too
+            weights = [w.to(dtype) for w in weights]
 
         h_shape = (self.num_layers * D, B, P)
         c_shape = (self.num_layers * D, B, self.hidden_size)
@@ -172,6 +175,8 @@ class _RNNBase(nn.RNNBase):
             for s in states:
                 if not isinstance(s, Tensor):
                     raise TypeError(f"{name}: hx must hold Tensors, got {type(s).__name__}")
+            if torch._C._is_any_autocast_enabled():
+                states = tuple(s.to(dtype) if s.is_floating_point() else s for s in states)
             if any(s.dim() != want_dim for s in states):
                 dims = ", ".join(f"{s.dim()}-D" for s in states)
                 kind = "batched 3-D" if is_batched else "unbatched 2-D"
@@ -188,9 +193,9 @@ class _RNNBase(nn.RNNBase):
             hx = states if is_lstm else states[0]
 
         impl = functional.implementation_for(data.device)
-        output, hidden = impl(self.mode, data, hx, weights, self.bias, self.num_layers, self.dropout,
-                              self.training, self.bidirectional, self.batch_first, batch_sizes,
-                              proj=self.proj_size > 0)
+        output, hidden = functional.run_without_autocast(
+            impl, self.mode, data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+            self.bidirectional, self.batch_first, batch_sizes, self.proj_size > 0)
 
         if packed:
             output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
@@ -261,7 +266,7 @@ class _CellBase(nn.RNNCellBase):
         if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
             # RuntimeError, as torch.nn's cells raise for this (unlike its RNN/LSTM/GRU: ValueError).
             raise RuntimeError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
-        x = x.to(w.dtype)
+        x = x.to(functional.autocast_dtype(self._mode, True, x.device) or w.dtype)
         if x.size(1) != self.input_size:
             raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         if x.device != w.device:
@@ -275,6 +280,8 @@ class _CellBase(nn.RNNCellBase):
                 # Checked as given, so the message shows the user's shapes: [B, H], or [H] unbatched.
                 what = f"hx[{i}]" if n_states == 2 else "hx"
                 expected = (B, self.hidden_size) if is_batched else (self.hidden_size,)
+                if torch._C._is_any_autocast_enabled() and s.is_floating_point():
+                    s = s.to(x.dtype)  # as torch.nn's cells under autocast
                 _check_state(name, what, s, expected, x.dtype, x.device)
                 s = s if is_batched else s.unsqueeze(0)
             out.append(s)
@@ -282,9 +289,11 @@ class _CellBase(nn.RNNCellBase):
 
     def _run(self, x: Tensor, states: list):
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        weights = [w.to(x.dtype) for w in weights]  # a no-op unless autocast chose another dtype
         hx = (states[0].unsqueeze(0), states[1].unsqueeze(0)) if len(states) == 2 else states[0].unsqueeze(0)
         impl = functional.implementation_for(x.device)
-        _, hidden = impl(self._mode, x.unsqueeze(0), hx, weights, self.bias, 1, 0.0, False, False, False)
+        _, hidden = functional.run_without_autocast(impl, self._mode, x.unsqueeze(0), hx, weights, self.bias, 1, 0.0,
+                                                    False, False, False)
         return tuple(h[0] for h in hidden) if len(states) == 2 else hidden[0]
 
 
