@@ -18,20 +18,21 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 CELLS = tuple(SAVED)
 
 
-def _fake_outputs(cell, x_proj, w_hh, save_for_backward):
-    D, T, B, GH = x_proj.shape
+def _fake_outputs(cell, x, w_ih, w_hh, save_for_backward):
+    T, B, _ = x.shape
+    D, GH, _ = w_ih.shape
     H = GH // GATES[cell]
     P = w_hh.shape[2]
-    y = x_proj.new_empty(T, B, D * P)
-    hn = x_proj.new_empty(D, B, P)
-    workspace = x_proj.new_empty(D, T, B, SAVED[cell] * H) if save_for_backward else x_proj.new_empty(0)
+    y = x.new_empty(T, B, D * P)
+    hn = x.new_empty(D, B, P)
+    workspace = x.new_empty(D, T, B, SAVED[cell] * H) if save_for_backward else x.new_empty(0)
     return y, hn, workspace, H
 
 
 @torch.library.register_fake("fastrnn::lstm_layer")
-def _lstm_layer_fake(x_proj, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward):
-    y, hn, workspace, H = _fake_outputs("lstm", x_proj, w_hh, save_for_backward)
-    return y, hn, x_proj.new_empty(x_proj.shape[0], x_proj.shape[2], H), workspace
+def _lstm_layer_fake(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward):
+    y, hn, workspace, H = _fake_outputs("lstm", x, w_ih, w_hh, save_for_backward)
+    return y, hn, x.new_empty(w_ih.shape[0], x.shape[1], H), workspace
 
 
 @torch.library.register_fake("fastrnn::lstm_layer_backward")
@@ -56,10 +57,22 @@ def _no_double_backward(ctx, *grads):
     )
 
 
+def _input_grads(ctx, x, w_ih, b_ih, grad_x_proj):
+    """The gradients of x [T, B, I], w_ih [D, G*H, I] and b_ih [D, G*H] (those asked for; the op's first three
+    inputs) from that of their projection x_proj = W_ih x + b_ih, grad_x_proj [D, T, B, G*H]: one GEMM each."""
+    D, T, B, GH = grad_x_proj.shape
+    g = grad_x_proj.reshape(D, T * B, GH)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_x = torch.bmm(g, w_ih).sum(0).view(T, B, x.shape[2]) if need_x else None
+    grad_w = torch.bmm(g.transpose(1, 2), x.reshape(1, T * B, x.shape[2]).expand(D, -1, -1)) if need_w else None
+    grad_b = g.sum(1) if need_b and b_ih is not None else None
+    return grad_x, grad_w, grad_b
+
+
 def _lstm_setup_context(ctx, inputs, output):
-    x_proj, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward = inputs
+    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward = inputs
     y, _, _, workspace = output
-    ctx.save_for_backward(h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
+    ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
     ctx.saved = save_for_backward
 
 
@@ -73,12 +86,12 @@ def _check_saved(ctx, op):
 
 def _lstm_backward(ctx, grad_y, grad_hn, grad_cn, grad_workspace):
     _check_saved(ctx, "lstm_layer")
-    h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
-    g_x, g_h0, g_c0, g_whh, g_bhh, g_whr = torch.ops.fastrnn.lstm_layer_backward(
+    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+    g_xp, g_h0, g_c0, g_whh, g_bhh, g_whr = torch.ops.fastrnn.lstm_layer_backward(
         grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace
     )
-    return (g_x, g_h0, g_c0, g_whh, g_bhh if b_hh is not None else None, g_whr if w_hr is not None else None,
-            None, None)
+    return (*_input_grads(ctx, x, w_ih, b_ih, g_xp), g_h0, g_c0, g_whh, g_bhh if b_hh is not None else None,
+            g_whr if w_hr is not None else None, None, None)
 
 
 torch.library.register_autograd("fastrnn::lstm_layer", _lstm_backward, setup_context=_lstm_setup_context)
@@ -86,12 +99,12 @@ torch.library.register_autograd("fastrnn::lstm_layer_backward", _no_double_backw
 
 
 def _register_single_state(cell):
-    """GRU and RNN ops share one signature: (x_proj, h0, w_hh, b_hh, lengths, save) -> (y, hn, workspace)."""
+    """GRU and RNN ops share one signature: (x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save) -> (y, hn, workspace)."""
     op = f"{cell}_layer"
     backward_op = getattr(torch.ops.fastrnn, f"{cell}_layer_backward")
 
-    def fake(x_proj, h0, w_hh, b_hh, lengths, save_for_backward):
-        y, hn, workspace, _ = _fake_outputs(cell, x_proj, w_hh, save_for_backward)
+    def fake(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save_for_backward):
+        y, hn, workspace, _ = _fake_outputs(cell, x, w_ih, w_hh, save_for_backward)
         return y, hn, workspace
 
     def fake_backward(grad_y, grad_hn, h0, w_hh, b_hh, lengths, y, workspace):
@@ -105,16 +118,17 @@ def _register_single_state(cell):
         )
 
     def setup_context(ctx, inputs, output):
-        x_proj, h0, w_hh, b_hh, lengths, save_for_backward = inputs
+        x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save_for_backward = inputs
         y, _, workspace = output
-        ctx.save_for_backward(h0, w_hh, b_hh, lengths, y, workspace)
+        ctx.save_for_backward(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace)
         ctx.saved = save_for_backward
 
     def backward(ctx, grad_y, grad_hn, grad_workspace):
         _check_saved(ctx, op)
-        h0, w_hh, b_hh, lengths, y, workspace = ctx.saved_tensors
-        g_x, g_h0, g_whh, g_bhh = backward_op(grad_y, grad_hn, h0, w_hh, b_hh, lengths, y, workspace)
-        return g_x, g_h0, g_whh, g_bhh if b_hh is not None else None, None, None
+        x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace = ctx.saved_tensors
+        g_xp, g_h0, g_whh, g_bhh = backward_op(grad_y, grad_hn, h0, w_hh, b_hh, lengths, y, workspace)
+        return (*_input_grads(ctx, x, w_ih, b_ih, g_xp), g_h0, g_whh, g_bhh if b_hh is not None else None, None,
+                None)
 
     torch.library.register_fake(f"fastrnn::{op}")(fake)
     torch.library.register_fake(f"fastrnn::{op}_backward")(fake_backward)

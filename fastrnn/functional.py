@@ -114,17 +114,6 @@ def _packed_rows(batch_sizes: Tensor, device) -> Tensor:
     return mask.view(T * B).nonzero().view(-1).to(device)
 
 
-def _input_projection(x2d: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
-    """W_ih x + b_ih for all steps and directions in one GEMM: x2d [T*B, I], w_ih [D, G*H, I] -> [D, T*B, G*H]."""
-    if w_ih.size(0) == 1:
-        out = F.linear(x2d, w_ih[0], None if b_ih is None else b_ih[0])
-        return out.unsqueeze(0)
-    wt = w_ih.transpose(1, 2)
-    if b_ih is None:
-        return torch.matmul(x2d, wt)
-    return torch.baddbmm(b_ih.unsqueeze(1), x2d.expand(w_ih.size(0), -1, -1), wt)
-
-
 def _stack(ts):
     return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts, 0)
 
@@ -154,14 +143,14 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     per_layer = reference.layer_weights(weights, bias, proj, num_layers, D)
     for layer, dirs in enumerate(per_layer):
         w_ih, w_hh, b_ih, b_hh, w_hr = (_stack(ts) if ts[0] is not None else None for ts in zip(*dirs))
-        x_proj = _input_projection(x, w_ih, b_ih).view(D, T, B, w_ih.size(1))
+        x_layer = x.view(T, B, x.size(-1))
         h0 = h0_all[layer * D:(layer + 1) * D]
         if is_lstm:
             c0 = c0_all[layer * D:(layer + 1) * D]
-            y, hn, cn, _ = op(x_proj, h0, c0, w_hh, b_hh, w_hr, lengths, need_grad)
+            y, hn, cn, _ = op(x_layer, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, need_grad)
             c_n.append(cn)
         else:
-            y, hn, _ = op(x_proj, h0, w_hh, b_hh, lengths, need_grad)
+            y, hn, _ = op(x_layer, w_ih, b_ih, h0, w_hh, b_hh, lengths, need_grad)
         h_n.append(hn)
         y = y.view(T * B, y.size(-1))
         if dropout > 0 and training and layer < num_layers - 1:

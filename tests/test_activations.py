@@ -6,8 +6,8 @@ their own exp and reciprocal (csrc/cpu/pointwise.h). The parity tests only see t
 test process runs at, and only moderate pre-activations, so here each capability runs in its own
 process (ATEN_CPU_CAPABILITY) over pre-activations in [-100, 100], tiny values, +-0, +-inf and NaN.
 
-The ops expose the activations directly: an RNN-tanh layer with W_hh = 0 and h0 = 0 outputs
-tanh(x_proj); an LSTM layer's workspace holds the activated gates, its input gate i = sigmoid(x_proj).
+The ops expose the activations directly: an RNN-tanh layer with zero input, weights and h0 outputs
+tanh(b_ih); an LSTM layer's workspace holds the activated gates, its input gate i = sigmoid(b_ih_i).
 """
 
 from __future__ import annotations
@@ -38,21 +38,23 @@ x = torch.cat([torch.linspace(-100, 100, 100001, dtype=torch.float64),
                torch.linspace(-0.3, 0.3, 20001, dtype=torch.float64),
                torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 1e-30, -1e-30, 1e-300,
                              0.25, -0.25, 88.0, -88.0, 88.8, -88.8, 710.0, -710.0], dtype=torch.float64)]).to(dtype)
-N, H = x.numel(), 16
-B = (N + H - 1) // H
-pre = torch.zeros(B * H, dtype=dtype)
-pre[:N] = x
-pre = pre.view(B, H)
-
-y, _, _ = torch.ops.fastrnn.rnn_tanh_layer(pre.view(1, 1, B, H), torch.zeros(1, B, H, dtype=dtype),
-                                           torch.zeros(1, H, H, dtype=dtype), None, None, False)
-tanh = y.reshape(-1)[:N]
-gates = torch.zeros(1, 1, B, 4 * H, dtype=dtype)
-gates[0, 0, :, :H] = pre
-_, _, _, workspace = torch.ops.fastrnn.lstm_layer(gates, torch.zeros(1, B, H, dtype=dtype),
-                                                  torch.zeros(1, B, H, dtype=dtype),
-                                                  torch.zeros(1, 4 * H, H, dtype=dtype), None, None, None, True)
-sigmoid = workspace.view(B, 5 * H)[:, :H].reshape(-1)[:N]
+# Each call feeds H values as the bias b_ih of a one-step, one-row layer whose input x and weights are
+# zero, so the pre-activations are exactly those values (a GEMM would turn inf * 0 into NaN).
+N, H = x.numel(), 256
+chunks = [x[i:i + H] for i in range(0, N, H)]
+tanh, sigmoid = [], []
+for c in chunks:
+    n = c.numel()
+    zero_x, h0 = torch.zeros(1, 1, 1, dtype=dtype), torch.zeros(1, 1, n, dtype=dtype)
+    y, _, _ = torch.ops.fastrnn.rnn_tanh_layer(zero_x, torch.zeros(1, n, 1, dtype=dtype), c.view(1, n), h0,
+                                               torch.zeros(1, n, n, dtype=dtype), None, None, False)
+    tanh.append(y.reshape(-1))
+    gates = torch.zeros(1, 4 * n, dtype=dtype)
+    gates[0, :n] = c  # the input gate i
+    _, _, _, workspace = torch.ops.fastrnn.lstm_layer(zero_x, torch.zeros(1, 4 * n, 1, dtype=dtype), gates, h0, h0,
+                                                      torch.zeros(1, 4 * n, n, dtype=dtype), None, None, None, True)
+    sigmoid.append(workspace.reshape(5, n)[0])
+tanh, sigmoid = torch.cat(tanh), torch.cat(sigmoid)
 
 out = {"capability": torch.backends.cpu.get_cpu_capability()}
 for name, got, ref in (("tanh", tanh, torch.tanh(x.double())), ("sigmoid", sigmoid, torch.sigmoid(x.double()))):

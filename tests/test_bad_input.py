@@ -293,33 +293,34 @@ def test_well_formed_neighbours_of_the_bad_rows_run():
 
 # -------------------------------------------------------------------- direct op calls
 
-D, T, B, H = 1, 3, 2, 4
+D, T, B, H, I = 1, 3, 2, 4, 5
 
 
 def _lstm_args(**over):
-    args = dict(x_proj=torch.randn(D, T, B, 4 * H), h0=torch.randn(D, B, H), c0=torch.randn(D, B, H),
-                w_hh=torch.randn(D, 4 * H, H), b_hh=torch.randn(D, 4 * H), w_hr=None, lengths=None,
-                save_for_backward=False)
+    args = dict(x=torch.randn(T, B, I), w_ih=torch.randn(D, 4 * H, I), b_ih=torch.randn(D, 4 * H),
+                h0=torch.randn(D, B, H), c0=torch.randn(D, B, H), w_hh=torch.randn(D, 4 * H, H),
+                b_hh=torch.randn(D, 4 * H), w_hr=None, lengths=None, save_for_backward=False)
     args.update(over)
     return args
 
 
 def _single_args(G, **over):
-    args = dict(x_proj=torch.randn(D, T, B, G * H), h0=torch.randn(D, B, H), w_hh=torch.randn(D, G * H, H),
-                b_hh=torch.randn(D, G * H), lengths=None, save_for_backward=False)
+    args = dict(x=torch.randn(T, B, I), w_ih=torch.randn(D, G * H, I), b_ih=torch.randn(D, G * H),
+                h0=torch.randn(D, B, H), w_hh=torch.randn(D, G * H, H), b_hh=torch.randn(D, G * H), lengths=None,
+                save_for_backward=False)
     args.update(over)
     return args
 
 
 def lstm(**over):
     a = _lstm_args(**over)
-    return torch.ops.fastrnn.lstm_layer(a["x_proj"], a["h0"], a["c0"], a["w_hh"], a["b_hh"], a["w_hr"], a["lengths"],
-                                        a["save_for_backward"])
+    return torch.ops.fastrnn.lstm_layer(a["x"], a["w_ih"], a["b_ih"], a["h0"], a["c0"], a["w_hh"], a["b_hh"],
+                                        a["w_hr"], a["lengths"], a["save_for_backward"])
 
 
 def single(op, G, **over):
     a = _single_args(G, **over)
-    return getattr(torch.ops.fastrnn, op)(a["x_proj"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"],
+    return getattr(torch.ops.fastrnn, op)(a["x"], a["w_ih"], a["b_ih"], a["h0"], a["w_hh"], a["b_hh"], a["lengths"],
                                           a["save_for_backward"])
 
 
@@ -357,16 +358,26 @@ OP_CASES = [
      r"fastrnn::lstm_layer: w_hh must be 3-D \[D, G\*H, P\] but got shape \[16, 4\]"),
     ("lstm-b_hh", lambda: lstm(b_hh=torch.randn(D, 4 * H + 1)),
      r"fastrnn::lstm_layer: b_hh must have shape \[1, 16\] but got \[1, 17\]"),
-    ("lstm-x_proj-3d", lambda: lstm(x_proj=torch.randn(T, B, 4 * H)),
-     r"fastrnn::lstm_layer: x_proj must be 4-D \[D, T, B, G\*H\] but got 3-D with shape \[3, 2, 16\]"),
-    ("lstm-x_proj-not-gates", lambda: lstm(x_proj=torch.randn(D, T, B, 4 * H + 1)),
-     r"fastrnn::lstm_layer: x_proj\.size\(3\) must be a positive multiple of 4 \(gates\) but got 17"),
+    ("lstm-x-4d", lambda: lstm(x=torch.randn(D, T, B, I)),
+     r"fastrnn::lstm_layer: x must be 3-D \[T, B, I\] but got 4-D with shape \[1, 3, 2, 5\]"),
+    ("lstm-x-int", lambda: lstm(x=torch.ones(T, B, I, dtype=torch.int64)),
+     r"fastrnn::lstm_layer: x must be a floating point tensor but got Long"),
+    ("lstm-w_ih-2d", lambda: lstm(w_ih=torch.randn(4 * H, I)),
+     r"fastrnn::lstm_layer: w_ih must be 3-D \[D, G\*H, I\] but got shape \[16, 5\]"),
+    ("lstm-w_ih-not-gates", lambda: lstm(w_ih=torch.randn(D, 4 * H + 1, I)),
+     r"fastrnn::lstm_layer: w_ih\.size\(1\) must be a positive multiple of 4 \(gates\) but got 17"),
+    ("lstm-w_ih-features", lambda: lstm(w_ih=torch.randn(D, 4 * H, I + 1)),
+     r"fastrnn::lstm_layer: w_ih must be \[D, G\*H, I\] with I = x\.size\(2\) = 5 but got shape \[1, 16, 6\]"),
+    ("lstm-w_ih-dtype", lambda: lstm(w_ih=torch.randn(D, 4 * H, I, dtype=torch.float64)),
+     r"fastrnn::lstm_layer: w_ih must have dtype Float .* but got Double"),
+    ("lstm-b_ih", lambda: lstm(b_ih=torch.randn(D, 4 * H + 1)),
+     r"fastrnn::lstm_layer: b_ih must have shape \[1, 16\] but got \[1, 17\]"),
     ("lstm-three-directions",
-     lambda: lstm(x_proj=torch.randn(3, T, B, 4 * H), h0=torch.randn(3, B, H), c0=torch.randn(3, B, H),
+     lambda: lstm(w_ih=torch.randn(3, 4 * H, I), b_ih=None, h0=torch.randn(3, B, H), c0=torch.randn(3, B, H),
                   w_hh=torch.randn(3, 4 * H, H), b_hh=None),
-     r"fastrnn::lstm_layer: x_proj\.size\(0\) \(directions\) must be 1 or 2 but got 3"),
-    ("lstm-x_proj-int", lambda: lstm(x_proj=torch.ones(D, T, B, 4 * H, dtype=torch.int64)),
-     r"fastrnn::lstm_layer: x_proj must be a floating point tensor but got Long"),
+     r"fastrnn::lstm_layer: w_ih\.size\(0\) \(directions\) must be 1 or 2 but got 3"),
+    ("lstm-w_hh-gates-differ-from-w_ih", lambda: lstm(w_ih=torch.randn(D, 4 * H + 4, I), b_ih=None),
+     r"fastrnn::lstm_layer: w_hh must have shape \[1, 20, 4\] but got \[1, 16, 4\]"),
     ("lstm-h0-dtype", lambda: lstm(h0=torch.randn(D, B, H, dtype=torch.float64)),
      r"fastrnn::lstm_layer: h0 must have dtype Float .* but got Double"),
     ("lstm-w_hr-shape", lambda: lstm(h0=torch.randn(D, B, 2), w_hh=torch.randn(D, 4 * H, 2), w_hr=torch.randn(D, 3, H)),

@@ -1,7 +1,7 @@
 """The torch.ops.fastrnn layer ops called directly: gradcheck, opcheck, double backward,
 FASTRNN_DEBUG poisoning, and save_for_backward=False.
 
-Shapes (csrc/fastrnn.cpp): x_proj [D, T, B, G*H]; h0 [D, B, P]; c0 [D, B, H] (LSTM);
+Shapes (csrc/fastrnn.cpp): x [T, B, I]; w_ih [D, G*H, I]; b_ih [D, G*H]; h0 [D, B, P]; c0 [D, B, H] (LSTM);
 w_hh [D, G*H, P]; b_hh [D, G*H]; w_hr [D, P, H] (LSTM with projection, P < H); lengths [B] int64
 on the CPU; outputs y [T, B, D*P], hn [D, B, P], cn [D, B, H], workspace [D, T, B, S*H] or [0].
 """
@@ -17,7 +17,7 @@ from fastrnn._ops import GATES, SAVED
 from conftest import CELL_KINDS
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
-T, B, H, P = 3, 3, 3, 2  # small: gradcheck perturbs every input element
+T, B, H, P, I = 3, 3, 3, 2, 2  # small: gradcheck perturbs every input element
 
 LENGTHS = {
     "full": None,
@@ -45,7 +45,8 @@ def make_args(cell, D, *, bias=True, proj=False, lengths=None, T=T, B=B, H=H, dt
         t = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
         return t.requires_grad_(requires_grad)
 
-    args = {"x_proj": rand(D, T, B, G * H), "h0": rand(D, B, Pp, scale=0.5)}
+    args = {"x": rand(T, B, I), "w_ih": rand(D, G * H, I, scale=0.5),
+            "b_ih": rand(D, G * H, scale=0.5) if bias else None, "h0": rand(D, B, Pp, scale=0.5)}
     if cell == "lstm":
         args["c0"] = rand(D, B, H, scale=0.5)
     args["w_hh"] = rand(D, G * H, Pp, scale=0.5)
@@ -161,7 +162,7 @@ def test_double_backward_raises_on_op(cell):
     outs = op_of(cell)(*args.values(), True)
     first = torch.autograd.grad(outs[0].pow(2).sum(), args["w_hh"], create_graph=True)[0]
     with pytest.raises(RuntimeError, match="double backward .* not supported"):
-        torch.autograd.grad(first.sum(), args["x_proj"])
+        torch.autograd.grad(first.sum(), args["x"])
 
 
 # ----------------------------------------------------------------------------- FASTRNN_DEBUG

@@ -141,6 +141,26 @@ def test_layer_parity_threaded_slices(cell, bidirectional, dtype):
         torch.set_num_threads(threads)
 
 
+# ----------------------------------------------------------------------------- pipelined projection
+
+# For small steps (B*G*H*H < 2^20 multiply-adds) with 2+ threads and more than one block of steps,
+# the CPU forward computes the input projection on a second thread, a block of ceil(128 / B) steps
+# ahead of the recurrence (csrc/cpu/recurrence.h, projection_plan / run_pipelined). B=3 gives blocks
+# of 43 steps; T=100 gives 3 blocks (the last one short), consumed in reverse in the backward
+# direction; unsorted lengths end sequences inside different blocks.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "lstm_proj", "gru"])
+def test_layer_parity_pipelined_projection(cell, bidirectional, dtype):
+    case = InputCase("packed_unsorted", lengths=(60, 100, 1), hx=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_layer_parity(cell, 2, bidirectional, True, case, dtype, input_size=5, hidden_size=7)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- cells
 
 CELL_NAMES = ["rnn_tanh", "rnn_relu", "lstm", "gru"]

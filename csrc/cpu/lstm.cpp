@@ -11,10 +11,12 @@ constexpr const char* kForwardOp = "fastrnn::lstm_layer";
 constexpr const char* kBackwardOp = "fastrnn::lstm_layer_backward";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
-    const at::Tensor& x_proj, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
     const c10::optional<at::Tensor>& lengths, bool save_for_backward) {
-  return layer_forward<LstmTraits>(kForwardOp, x_proj, h0, &c0, w_hh, b_hh, w_hr, lengths, save_for_backward);
+  return layer_forward<LstmTraits>(kForwardOp, x, w_ih, b_ih, h0, &c0, w_hh, b_hh, w_hr, lengths,
+                                   save_for_backward);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(

@@ -9,14 +9,13 @@ namespace cpu {
 namespace {
 
 template <bool kRelu>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_cpu(const at::Tensor& x_proj, const at::Tensor& h0,
-                                                             const at::Tensor& w_hh,
-                                                             const c10::optional<at::Tensor>& b_hh,
-                                                             const c10::optional<at::Tensor>& lengths,
-                                                             bool save_for_backward) {
-  auto out = layer_forward<RnnTraits<kRelu>>(kRelu ? "fastrnn::rnn_relu_layer" : "fastrnn::rnn_tanh_layer",
-                                                      x_proj, h0, nullptr, w_hh, b_hh, c10::nullopt, lengths,
-                                                      save_for_backward);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+    bool save_for_backward) {
+  auto out = layer_forward<RnnTraits<kRelu>>(kRelu ? "fastrnn::rnn_relu_layer" : "fastrnn::rnn_tanh_layer", x, w_ih,
+                                             b_ih, h0, nullptr, w_hh, b_hh, c10::nullopt, lengths,
+                                             save_for_backward);
   return {std::get<0>(out), std::get<1>(out), std::get<3>(out)};
 }
 

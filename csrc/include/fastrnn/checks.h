@@ -28,6 +28,29 @@ struct LayerSizes {
   bool proj;
 };
 
+// The layer input x [T, B, I] and its projection weights w_ih [D, G*H, I], b_ih [D, G*H]:
+// validated, then returned as a stand-in of the projection's shape [D, T, B, G*H] (no data) for
+// check_layer_args, so that every later message names what the caller passed.
+inline at::Tensor check_input_args(const char* op, int64_t G, const at::Tensor& x, const at::Tensor& w_ih,
+                                   const c10::optional<at::Tensor>& b_ih) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D [T, B, I] but got ", x.dim(), "-D with shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating point tensor but got ",
+              x.scalar_type());
+  TORCH_CHECK(w_ih.dim() == 3, op, ": w_ih must be 3-D [D, G*H, I] but got shape ", w_ih.sizes());
+  check_same_dtype_device(op, "w_ih", w_ih, x);
+  TORCH_CHECK(w_ih.size(0) == 1 || w_ih.size(0) == 2, op, ": w_ih.size(0) (directions) must be 1 or 2 but got ",
+              w_ih.size(0));
+  TORCH_CHECK(w_ih.size(1) % G == 0 && w_ih.size(1) > 0, op, ": w_ih.size(1) must be a positive multiple of ", G,
+              " (gates) but got ", w_ih.size(1));
+  TORCH_CHECK(w_ih.size(2) == x.size(2), op, ": w_ih must be [D, G*H, I] with I = x.size(2) = ", x.size(2),
+              " but got shape ", w_ih.sizes());
+  if (b_ih.has_value()) {
+    check_same_dtype_device(op, "b_ih", *b_ih, x);
+    check_shape(op, "b_ih", *b_ih, {w_ih.size(0), w_ih.size(1)});
+  }
+  return at::empty({1}, x.options()).expand({w_ih.size(0), x.size(0), x.size(1), w_ih.size(1)});
+}
+
 // x_proj [D, T, B, G*H], h0 [D, B, P], c0 [D, B, H] (LSTM only), w_hh [D, G*H, P],
 // b_hh [D, G*H], w_hr [D, P, H] (LSTM only), lengths [B] int64 on the CPU.
 inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& x_proj, const at::Tensor& h0,
