@@ -62,9 +62,18 @@ def _input_grads(ctx, x, w_ih, b_ih, grad_x_proj):
     inputs) from that of their projection x_proj = W_ih x + b_ih, grad_x_proj [D, T, B, G*H]: one GEMM each."""
     D, T, B, GH = grad_x_proj.shape
     g = grad_x_proj.reshape(D, T * B, GH)
+    x2d = x.reshape(T * B, x.shape[2])
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x = torch.bmm(g, w_ih).sum(0).view(T, B, x.shape[2]) if need_x else None
-    grad_w = torch.bmm(g.transpose(1, 2), x.reshape(1, T * B, x.shape[2]).expand(D, -1, -1)) if need_w else None
+    grad_x = None
+    if need_x:  # sum over directions of g[d] @ w_ih[d], accumulated in place (no [D, T*B, I] temporary)
+        grad_x = torch.mm(g[0], w_ih[0])
+        for d in range(1, D):
+            grad_x.addmm_(g[d], w_ih[d])
+        grad_x = grad_x.view(T, B, x.shape[2])
+    grad_w = None
+    if need_w:
+        per_direction = [torch.mm(g[d].t(), x2d) for d in range(D)]
+        grad_w = per_direction[0].unsqueeze(0) if D == 1 else torch.stack(per_direction)
     grad_b = g.sum(1) if need_b and b_ih is not None else None
     return grad_x, grad_w, grad_b
 
