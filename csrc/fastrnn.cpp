@@ -2,10 +2,10 @@
 // fastrnn.backend_info() reports. Kernels register themselves per dispatch key in cpu/ and cuda/.
 //
 // Shapes (letters as in the docs): x [T, B, I] the layer input (time-major, padded), shared by
-// both directions; w_ih [D, G*H, I] and b_ih [D, G*H] its projection, which the op computes a
-// block of steps at a time (x_proj = W_ih x + b_ih, [D, T, B, G*H], is never materialised in
-// forward; backward returns its gradient grad_x_proj, from which autograd forms those of x, w_ih
-// and b_ih); h0/hn [D, B, P]; c0/cn [D, B, H]; w_hh [D, G*H, P]; b_hh [D, G*H]; w_hr [D, P, H];
+// both directions; w_ih [D, G*H, I] and b_ih [D, G*H] its projection x_proj = W_ih x + b_ih
+// ([D, T, B, G*H]), which the op computes itself (cpu/recurrence.h: one GEMM, or blocks on a
+// second thread for small steps); backward returns grad_x_proj, from which autograd forms the
+// gradients of x, w_ih and b_ih; h0/hn [D, B, P]; c0/cn [D, B, H]; w_hh [D, G*H, P]; b_hh [D, G*H]; w_hr [D, P, H];
 // lengths [B] int64 on the CPU (None: every sequence has length T); y [T, B, D*P], both
 // directions side by side as torch.nn returns them. The workspace holds what backward needs
 // ([D, T, B, S*H]; S = 5 LSTM, 4 GRU, 0 RNN) or is empty [0] when save_for_backward is false.
