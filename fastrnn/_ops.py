@@ -35,18 +35,22 @@ def _lstm_layer_fake(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_
     return y, hn, x.new_empty(w_ih.shape[0], x.shape[1], H), workspace
 
 
+def _fake_input_grads(x, w_ih, b_ih, need_grad_x):
+    """Fake grad_x, grad_w_ih, grad_b_ih: empty [0] where the op computes nothing."""
+    return (torch.empty_like(x) if need_grad_x else x.new_empty(0), torch.empty_like(w_ih),
+            torch.empty_like(b_ih) if b_ih is not None else x.new_empty(0))
+
+
 @torch.library.register_fake("fastrnn::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace):
-    D, _, B, _ = workspace.shape
-    T = y.shape[0]
-    GH = w_hh.shape[1]
+def _lstm_layer_backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y,
+                              workspace, need_grad_x):
     return (
-        y.new_empty(D, T, B, GH),
+        *_fake_input_grads(x, w_ih, b_ih, need_grad_x),
         torch.empty_like(h0),
         torch.empty_like(c0),
         torch.empty_like(w_hh),
-        y.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
-        y.new_empty(w_hr.shape) if w_hr is not None else y.new_empty(0),
+        torch.empty_like(b_hh) if b_hh is not None else y.new_empty(0),
+        torch.empty_like(w_hr) if w_hr is not None else y.new_empty(0),
     )
 
 
@@ -57,25 +61,16 @@ def _no_double_backward(ctx, *grads):
     )
 
 
-def _input_grads(ctx, x, w_ih, b_ih, grad_x_proj):
-    """The gradients of x [T, B, I], w_ih [D, G*H, I] and b_ih [D, G*H] (those asked for; the op's first three
-    inputs) from that of their projection x_proj = W_ih x + b_ih, grad_x_proj [D, T, B, G*H]: one GEMM each."""
-    D, T, B, GH = grad_x_proj.shape
-    g = grad_x_proj.reshape(D, T * B, GH)
-    x2d = x.reshape(T * B, x.shape[2])
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_x = None
-    if need_x:  # sum over directions of g[d] @ w_ih[d], accumulated in place (no [D, T*B, I] temporary)
-        grad_x = torch.mm(g[0], w_ih[0])
-        for d in range(1, D):
-            grad_x.addmm_(g[d], w_ih[d])
-        grad_x = grad_x.view(T, B, x.shape[2])
-    grad_w = None
-    if need_w:
-        per_direction = [torch.mm(g[d].t(), x2d) for d in range(D)]
-        grad_w = per_direction[0].unsqueeze(0) if D == 1 else torch.stack(per_direction)
-    grad_b = g.sum(1) if need_b and b_ih is not None else None
-    return grad_x, grad_w, grad_b
+def _grads_or_zeros(grads, likes):
+    """Autograd's gradients of the op's outputs, zeros (shaped like `likes`: y, and h0/c0 for hn/cn) for those
+    unused. Gradients are not materialised (set_materialize_grads(False)), which spares autograd filling one
+    for the workspace, as big as the forward's activations."""
+    return [g if g is not None else torch.zeros_like(o) for g, o in zip(grads, likes)]
+
+
+def _optional_grad(g, arg):
+    """The gradient of an optional argument: None where the argument was None (the op then returns empty [0])."""
+    return g if arg is not None else None
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -83,6 +78,7 @@ def _lstm_setup_context(ctx, inputs, output):
     y, _, _, workspace = output
     ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
     ctx.saved = save_for_backward
+    ctx.set_materialize_grads(False)
 
 
 def _check_saved(ctx, op):
@@ -96,11 +92,13 @@ def _check_saved(ctx, op):
 def _lstm_backward(ctx, grad_y, grad_hn, grad_cn, grad_workspace):
     _check_saved(ctx, "lstm_layer")
     x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
-    g_xp, g_h0, g_c0, g_whh, g_bhh, g_whr = torch.ops.fastrnn.lstm_layer_backward(
-        grad_y, grad_hn, grad_cn, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace
+    grad_y, grad_hn, grad_cn = _grads_or_zeros((grad_y, grad_hn, grad_cn), (y, h0, c0))
+    g_x, g_wih, g_bih, g_h0, g_c0, g_whh, g_bhh, g_whr = torch.ops.fastrnn.lstm_layer_backward(
+        grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace,
+        ctx.needs_input_grad[0]
     )
-    return (*_input_grads(ctx, x, w_ih, b_ih, g_xp), g_h0, g_c0, g_whh, g_bhh if b_hh is not None else None,
-            g_whr if w_hr is not None else None, None, None)
+    return (g_x if ctx.needs_input_grad[0] else None, g_wih, _optional_grad(g_bih, b_ih), g_h0, g_c0, g_whh,
+            _optional_grad(g_bhh, b_hh), _optional_grad(g_whr, w_hr), None, None)
 
 
 torch.library.register_autograd("fastrnn::lstm_layer", _lstm_backward, setup_context=_lstm_setup_context)
@@ -116,14 +114,12 @@ def _register_single_state(cell):
         y, hn, workspace, _ = _fake_outputs(cell, x, w_ih, w_hh, save_for_backward)
         return y, hn, workspace
 
-    def fake_backward(grad_y, grad_hn, h0, w_hh, b_hh, lengths, y, workspace):
-        D, GH = w_hh.shape[0], w_hh.shape[1]
-        T, B = y.shape[0], y.shape[1]
+    def fake_backward(grad_y, grad_hn, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace, need_grad_x):
         return (
-            y.new_empty(D, T, B, GH),
+            *_fake_input_grads(x, w_ih, b_ih, need_grad_x),
             torch.empty_like(h0),
             torch.empty_like(w_hh),
-            y.new_empty(b_hh.shape) if b_hh is not None else y.new_empty(0),
+            torch.empty_like(b_hh) if b_hh is not None else y.new_empty(0),
         )
 
     def setup_context(ctx, inputs, output):
@@ -131,13 +127,16 @@ def _register_single_state(cell):
         y, _, workspace = output
         ctx.save_for_backward(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace)
         ctx.saved = save_for_backward
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_hn, grad_workspace):
         _check_saved(ctx, op)
         x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace = ctx.saved_tensors
-        g_xp, g_h0, g_whh, g_bhh = backward_op(grad_y, grad_hn, h0, w_hh, b_hh, lengths, y, workspace)
-        return (*_input_grads(ctx, x, w_ih, b_ih, g_xp), g_h0, g_whh, g_bhh if b_hh is not None else None, None,
-                None)
+        grad_y, grad_hn = _grads_or_zeros((grad_y, grad_hn), (y, h0))
+        g_x, g_wih, g_bih, g_h0, g_whh, g_bhh = backward_op(grad_y, grad_hn, x, w_ih, b_ih, h0, w_hh, b_hh, lengths,
+                                                            y, workspace, ctx.needs_input_grad[0])
+        return (g_x if ctx.needs_input_grad[0] else None, g_wih, _optional_grad(g_bih, b_ih), g_h0, g_whh,
+                _optional_grad(g_bhh, b_hh), None, None)
 
     torch.library.register_fake(f"fastrnn::{op}")(fake)
     torch.library.register_fake(f"fastrnn::{op}_backward")(fake_backward)

@@ -328,8 +328,9 @@ def lstm_backward(**over):
     """lstm_layer_backward on a valid forward's results, with `over` replacing some arguments."""
     a = _lstm_args(save_for_backward=True)
     y, hn, cn, ws = lstm(**a)
-    b = dict(grad_y=torch.randn_like(y), grad_hn=torch.randn_like(hn), grad_cn=torch.randn_like(cn), h0=a["h0"],
-             c0=a["c0"], w_hh=a["w_hh"], b_hh=a["b_hh"], w_hr=None, lengths=None, y=y, workspace=ws)
+    b = dict(grad_y=torch.randn_like(y), grad_hn=torch.randn_like(hn), grad_cn=torch.randn_like(cn), x=a["x"],
+             w_ih=a["w_ih"], b_ih=a["b_ih"], h0=a["h0"], c0=a["c0"], w_hh=a["w_hh"], b_hh=a["b_hh"], w_hr=None,
+             lengths=None, y=y, workspace=ws, need_grad_x=True)
     b.update(over)
     return torch.ops.fastrnn.lstm_layer_backward(*b.values())
 
@@ -337,8 +338,8 @@ def lstm_backward(**over):
 def gru_backward(**over):
     a = _single_args(3, save_for_backward=True)
     y, hn, ws = single("gru_layer", 3, **a)
-    b = dict(grad_y=torch.randn_like(y), grad_hn=torch.randn_like(hn), h0=a["h0"], w_hh=a["w_hh"], b_hh=a["b_hh"],
-             lengths=None, y=y, workspace=ws)
+    b = dict(grad_y=torch.randn_like(y), grad_hn=torch.randn_like(hn), x=a["x"], w_ih=a["w_ih"], b_ih=a["b_ih"],
+             h0=a["h0"], w_hh=a["w_hh"], b_hh=a["b_hh"], lengths=None, y=y, workspace=ws, need_grad_x=True)
     b.update(over)
     return torch.ops.fastrnn.gru_layer_backward(*b.values())
 
@@ -428,6 +429,12 @@ OP_CASES = [
      r"fastrnn::lstm_layer_backward: workspace must have shape \[1, 3, 2, 20\] but got \[0\]"),
     ("lstm_backward-lengths-above-T", lambda: lstm_backward(lengths=torch.tensor([9, 1])),
      r"fastrnn::lstm_layer_backward: lengths\[0\] must be in \[0, 3\] but got 9"),
+    ("lstm_backward-x-features", lambda: lstm_backward(x=torch.randn(T, B, I + 1)),
+     r"fastrnn::lstm_layer_backward: w_ih must be \[D, G\*H, I\] with I = x.size\(2\) = 6 but got shape \[1, 16, 5\]"),
+    ("lstm_backward-y-steps", lambda: lstm_backward(y=torch.randn(T + 1, B, H)),
+     r"fastrnn::lstm_layer_backward: y must have shape \[3, 2, 4\] but got \[4, 2, 4\]"),
+    ("gru_backward-b_ih", lambda: gru_backward(b_ih=torch.randn(D, 3 * H + 1)),
+     r"fastrnn::gru_layer_backward: b_ih must have shape \[1, 12\] but got \[1, 13\]"),
     ("gru_backward-grad_y", lambda: gru_backward(grad_y=torch.randn(T + 1, B, H)),
      r"fastrnn::gru_layer_backward: grad_y must have shape \[3, 2, 4\] but got \[4, 2, 4\]"),
     ("gru_backward-lengths-negative", lambda: gru_backward(lengths=torch.tensor([3, -2])),

@@ -34,6 +34,18 @@ def backward_op_of(cell):
     return getattr(torch.ops.fastrnn, f"{cell}_layer_backward")
 
 
+def backward_call(cell, args, grads, y, workspace, need_grad_x=True):
+    """The backward op's arguments in schema order: the gradients of the forward's outputs (all but
+    the workspace), the forward's inputs but save_for_backward, its y and workspace, need_grad_x."""
+    return [*grads, *args.values(), y, workspace, need_grad_x]
+
+
+def backward_names(cell):
+    """Names of the backward op's results, in order."""
+    return ["grad_x", "grad_w_ih", "grad_b_ih", "grad_h0"] + (["grad_c0"] if cell == "lstm" else []) + \
+        ["grad_w_hh", "grad_b_hh"] + (["grad_w_hr"] if cell == "lstm" else [])
+
+
 def make_args(cell, D, *, bias=True, proj=False, lengths=None, T=T, B=B, H=H, dtype=torch.float64,
               requires_grad=True, seed=0):
     """Forward arguments of the op for `cell` (without save_for_backward), as a dict in schema order."""
@@ -127,13 +139,7 @@ def test_opcheck_backward(cell, D, bias, proj, lengths):
     y, hn, workspace = outs[0], outs[1], outs[-1]
     gen = torch.Generator().manual_seed(7)
     grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in outs[:-1]]
-    call = [*grads, args["h0"]]
-    if cell == "lstm":
-        call.append(args["c0"])
-    call += [args["w_hh"], args["b_hh"]]
-    if cell == "lstm":
-        call.append(args["w_hr"])
-    call += [args["lengths"], y, workspace]
+    call = backward_call(cell, args, grads, y, workspace, need_grad_x=D == 1)  # both values of the flag
     # The backward op's own autograd formula deliberately raises (double backward is unsupported,
     # see test_double_backward_raises), so its inputs here do not require grad: then
     # test_aot_dispatch_dynamic checks the op's forward under AOT dispatch, and the other three
@@ -175,9 +181,7 @@ def _run_op_and_backward(cell, args, seed=3):
     fwd = op_of(cell)(*args.values(), True)
     gen = torch.Generator().manual_seed(seed)
     grads = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in fwd[:-1]]
-    call = [*grads, args["h0"]] + ([args["c0"]] if cell == "lstm" else []) + [args["w_hh"], args["b_hh"]]
-    call += ([args["w_hr"]] if cell == "lstm" else []) + [args["lengths"], fwd[0], fwd[-1]]
-    bwd = backward_op_of(cell)(*call)
+    bwd = backward_op_of(cell)(*backward_call(cell, args, grads, fwd[0], fwd[-1]))
     return fwd, bwd
 
 
@@ -203,13 +207,32 @@ def test_debug_poison_every_output_written(cell, D, lengths, monkeypatch):
         assert not torch.isnan(t).any(), f"{cell} {name}: elements left unwritten (NaN) under FASTRNN_DEBUG=1"
     # Outputs past a sequence's length are zero (torch.nn's PackedSequence semantics).
     assert (fwd["y"][~active] == 0).all()
-    bwd_names = ["grad_x_proj", "grad_h0", "grad_c0", "grad_w_hh", "grad_b_hh", "grad_w_hr"] if cell == "lstm" \
-        else ["grad_x_proj", "grad_h0", "grad_w_hh", "grad_b_hh"]
-    for name, t in zip(bwd_names, bwd):
+    for name, t in zip(backward_names(cell), bwd):
         assert t.numel() > 0, name
         assert not torch.isnan(t).any(), f"{cell} {name}: elements left unwritten (NaN) under FASTRNN_DEBUG=1"
     # Poisoning changes nothing else: results are bitwise those of a normal run.
     for a, b in zip(list(fwd.values()) + list(bwd), list(plain_fwd) + list(plain_bwd)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_debug_poison_pipelined(cell, monkeypatch):
+    """As above, on the pipelined path (2 threads, small steps, T = 40 > one block of 128 / B = 32
+    steps): the projection and the weight gradients are computed block by block on a second thread."""
+    args = make_args(cell, 2, proj=cell == "lstm", lengths=(40, 33, 0, 31), T=40, B=4, H=5, requires_grad=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plain_fwd, plain_bwd = _run_op_and_backward(cell, args)
+        monkeypatch.setenv("FASTRNN_DEBUG", "1")
+        fwd, bwd = _run_op_and_backward(cell, args)
+    finally:
+        torch.set_num_threads(previous)
+    for name, t in zip(backward_names(cell), bwd):
+        assert t.numel() > 0, name
+        assert not torch.isnan(t).any(), f"{cell} {name}: elements left unwritten (NaN) under FASTRNN_DEBUG=1"
+    assert not torch.isnan(fwd[0]).any()
+    for a, b in zip(list(fwd[:-1]) + list(bwd), list(plain_fwd[:-1]) + list(plain_bwd)):
         assert torch.equal(a, b)
 
 
@@ -264,18 +287,18 @@ def test_zero_time_steps(cell):
     workspace = outs[-1]
     grad_hn = torch.randn_like(hn)
     grad_cn = torch.randn_like(args["c0"]) if cell == "lstm" else None
-    bw = [torch.zeros_like(y), grad_hn] + ([grad_cn] if cell == "lstm" else [])
-    bw += [args["h0"]] + ([args["c0"]] if cell == "lstm" else []) + [args["w_hh"], args["b_hh"]]
-    bw += ([args["w_hr"]] if cell == "lstm" else []) + [args["lengths"], y, workspace]
+    bw = backward_call(cell, args, [torch.zeros_like(y), grad_hn] + ([grad_cn] if cell == "lstm" else []), y,
+                       workspace)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         grads = backward_op_of(cell)(*bw)
     finally:
         torch.set_num_threads(previous)
-    assert grads[0].shape == (2, 0, Bz, GATES[cell] * Hz)
-    assert torch.equal(grads[1], grad_hn)
+    grads = dict(zip(backward_names(cell), grads))
+    assert grads["grad_x"].shape == (0, Bz, I)
+    assert torch.equal(grads["grad_h0"], grad_hn)
     if cell == "lstm":
-        assert torch.equal(grads[2], grad_cn)
-    w_hh_grad = grads[3] if cell == "lstm" else grads[2]
-    assert torch.equal(w_hh_grad, torch.zeros_like(args["w_hh"]))
+        assert torch.equal(grads["grad_c0"], grad_cn)
+    for name in ("grad_w_ih", "grad_b_ih", "grad_w_hh", "grad_b_hh"):
+        assert torch.equal(grads[name], torch.zeros_like(args[name[len("grad_"):]])), name

@@ -145,7 +145,8 @@ def test_layer_parity_threaded_slices(cell, bidirectional, dtype):
 
 # For small steps (B*G*H*H < 2^20 multiply-adds) with 2+ threads and more than one block of steps,
 # the CPU forward computes the input projection on a second thread, a block of ceil(128 / B) steps
-# ahead of the recurrence (csrc/cpu/recurrence.h, projection_plan / run_pipelined). B=3 gives blocks
+# ahead of the recurrence, and the backward the weight gradients a block behind it
+# (csrc/cpu/recurrence.h, pipeline_plan / run_pipelined). B=3 gives blocks
 # of 43 steps; T=100 gives 3 blocks (the last one short), consumed in reverse in the backward
 # direction; unsorted lengths end sequences inside different blocks.
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

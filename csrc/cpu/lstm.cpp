@@ -19,13 +19,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
                                    save_for_backward);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn, const at::Tensor& h0,
-    const at::Tensor& c0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
-    const c10::optional<at::Tensor>& w_hr, const c10::optional<at::Tensor>& lengths, const at::Tensor& y,
-    const at::Tensor& workspace) {
-  return layer_backward<LstmTraits>(kBackwardOp, grad_y, grad_hn, &grad_cn, h0, &c0, w_hh, b_hh, w_hr, lengths, y,
-                                  workspace);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
+                        const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+                        const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+                        const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+                        const c10::optional<at::Tensor>& lengths, const at::Tensor& y, const at::Tensor& workspace,
+                        bool need_grad_x) {
+  return layer_backward<LstmTraits>(kBackwardOp, grad_y, grad_hn, &grad_cn, x, w_ih, b_ih, h0, &c0, w_hh, b_hh, w_hr,
+                                    lengths, y, workspace, need_grad_x);
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 //
 // One call runs one layer over the whole sequence for D = 1 or 2 directions. The input
 // projection W_ih x + b_ih is computed here: one GEMM before the loop, or, for small steps,
-// a block of steps at a time on a second thread while the steps run (ProjectionPlan). Per step:
+// a block of steps at a time on a second thread while the steps run (PipelinePlan). Per step:
 // one recurrent GEMM into a preallocated gates buffer, then one fused pointwise pass over
 // the batch (bias, activations, state update, saving what backward needs). Backward runs
 // the fused pointwise backward and one GEMM per step, and the weight gradients as single
@@ -91,10 +91,9 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 template <typename scalar_t>
-inline bool blas_call(char tb, int m, int n, int k, const scalar_t* B, int ldb, const scalar_t* A, int lda,
+inline bool blas_call(char ta, char tb, int m, int n, int k, const scalar_t* B, int ldb, const scalar_t* A, int lda,
                       scalar_t beta, scalar_t* C, int ldc) {
   const scalar_t one = 1;
-  const char ta = 'N';
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (sgemm_ == nullptr) return false;
     sgemm_(&tb, &ta, &m, &n, &k, &one, B, &ldb, A, &lda, &beta, C, &ldc);
@@ -108,24 +107,29 @@ inline bool blas_call(char tb, int m, int n, int k, const scalar_t* B, int ldb, 
 }
 
 // C[M, N] = A[M, K] @ B[K, N] + beta * C, all row-major with the given row strides; with
-// b_transposed, B is stored as [N, K]. The per-step GEMMs are small, so float and double call
-// BLAS directly (the dispatcher's per-call cost shows at small sizes); half and bfloat16, or
-// a torch without exported BLAS symbols, go through at::mm.
+// a_transposed, A is stored as [K, M], and with b_transposed, B as [N, K]. The per-step GEMMs
+// are small, so float and double call BLAS directly (the dispatcher's per-call cost shows at
+// small sizes, and a worker thread of at::parallel_for has none of the caller's autograd or
+// grad-mode state, so it must not call at:: ops on tensors that may require grad); half and
+// bfloat16, or a torch without exported BLAS symbols, go through at::mm on plain views.
 template <typename scalar_t>
-inline void gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
-                 bool b_transposed, at::opmath_type<scalar_t> beta, scalar_t* C, int64_t ldc) {
+inline void gemm(int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda, bool a_transposed,
+                 const scalar_t* B, int64_t ldb, bool b_transposed, at::opmath_type<scalar_t> beta, scalar_t* C,
+                 int64_t ldc) {
   if (M == 0 || N == 0) return;
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   if (std::max({M, N, K, lda, ldb, ldc}) < kIntMax && K > 0) {
-    // BLAS is column-major: C^T = op(B)^T A^T.
-    if (blas_call<scalar_t>(b_transposed ? 'T' : 'N', static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
-                            B, static_cast<int>(ldb), A, static_cast<int>(lda), static_cast<scalar_t>(beta), C,
-                            static_cast<int>(ldc))) {
+    // BLAS is column-major: C^T = op(B)^T op(A)^T, and a row-major [r, c] matrix is its
+    // column-major transpose, so a stored-transposed operand is the one BLAS must transpose.
+    if (blas_call<scalar_t>(a_transposed ? 'T' : 'N', b_transposed ? 'T' : 'N', static_cast<int>(N),
+                            static_cast<int>(M), static_cast<int>(K), B, static_cast<int>(ldb), A,
+                            static_cast<int>(lda), static_cast<scalar_t>(beta), C, static_cast<int>(ldc))) {
       return;
     }
   }
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K}, {lda, 1}, opts);
+  const at::Tensor a = a_transposed ? at::from_blob(const_cast<scalar_t*>(A), {K, M}, {lda, 1}, opts).t()
+                                    : at::from_blob(const_cast<scalar_t*>(A), {M, K}, {lda, 1}, opts);
   const at::Tensor b = b_transposed ? at::from_blob(const_cast<scalar_t*>(B), {N, K}, {ldb, 1}, opts).t()
                                     : at::from_blob(const_cast<scalar_t*>(B), {K, N}, {ldb, 1}, opts);
   at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
@@ -191,7 +195,8 @@ class StepWeight {
         return;
       }
     }
-    gemm<scalar_t>(M, N_, K_, A, lda, w_.data_ptr<scalar_t>(), ldw_, transposed_, beta, C, ldc);
+    gemm<scalar_t>(M, N_, K_, A, lda, /*a_transposed=*/false, w_.data_ptr<scalar_t>(), ldw_, transposed_, beta, C,
+                   ldc);
   }
 
  private:
@@ -297,35 +302,39 @@ inline void for_each_slice(int64_t num_slices, const F& step_fn) {
   });
 }
 
-// How forward computes the input projection W_ih x + b_ih. Materialising it for all T at once
-// (a fresh [T, B, G*H] tensor, one GEMM) is best for large layers. For small ones (step GEMM
-// under 2^20 MACs) the projection cost as much as the whole recurrence (measured at B=8, H=128:
-// LSTM ~1.2 ms of ~4 ms), while the recurrence itself cannot use a second core (hidden-unit
-// slices measured no faster there). So there a second thread computes the projection a block
-// of steps ahead (blocks of about kPipelineRows rows) while the calling thread runs the steps.
-struct ProjectionPlan {
+// Whether the GEMMs over all steps overlap the time loop. Forward needs the input projection
+// W_ih x + b_ih before the loop, backward has the weight gradients (and W_ih's) after it.
+// Computing them at once as single GEMMs is best for large layers. For small ones (step GEMM
+// under 2^20 MACs) they cost as much as the whole recurrence (measured at B=8, H=128: LSTM
+// forward ~1.2 ms of ~4 ms), while the recurrence itself cannot use a second core (hidden-unit
+// slices measured no faster there). So there a second thread works on blocks of steps (about
+// kPipelineRows rows each) alongside the calling thread's time loop: forward, it projects the
+// next block; backward, it forms the weight gradients of the block the loop has just finished.
+struct PipelinePlan {
   bool pipelined;
   int64_t block_steps;  // steps per block
 };
 
-constexpr int64_t kRing = 2;  // block buffers while pipelined: one being read, one being written
+constexpr int64_t kRing = 2;  // forward's block buffers while pipelined: one being read, one being written
 
-inline ProjectionPlan projection_plan(const LayerSizes& s) {
+inline PipelinePlan pipeline_plan(const LayerSizes& s) {
   constexpr int64_t kMaxStepMacs = int64_t{1} << 20, kPipelineRows = 128;
   const int64_t block_steps = std::max<int64_t>(1, (kPipelineRows + s.B - 1) / std::max<int64_t>(1, s.B));
   const bool pipelined = at::get_num_threads() >= 2 && !at::in_parallel_region() &&
                          s.B * s.G * s.H * s.P < kMaxStepMacs && s.T > block_steps;
-  return pipelined ? ProjectionPlan{true, block_steps} : ProjectionPlan{false, std::max<int64_t>(1, s.T)};
+  return pipelined ? PipelinePlan{true, block_steps} : PipelinePlan{false, std::max<int64_t>(1, s.T)};
 }
 
-// Runs project(b) then consume(b) for blocks b = 0 .. num_blocks - 1, with the projection of
-// block b + 1 overlapping the consumption of block b: a producer thread projects blocks into a
-// ring of kRing buffers; the calling thread consumes them in order. Handshake by two counters
-// (release/acquire): the producer writes block b only once block b - kRing is consumed. If
-// either side throws, `failed` releases the other, and at::parallel_for rethrows the exception.
-// With a single thread available both roles run in order on it.
-template <typename Project, typename Consume>
-void run_pipelined(int64_t num_blocks, const Project& project, const Consume& consume) {
+// Runs produce(b) then consume(b) for blocks b = 0 .. num_blocks - 1 on two threads, one
+// running every produce in order and the other every consume, so that consume(b) overlaps
+// produce(b + 1). produce runs at most max_ahead blocks ahead of consume (forward: the ring of
+// kRing projection buffers). The time loop stays on the calling thread: it is the producer if
+// caller_produces (backward), else the consumer (forward). Handshake by two counters
+// (release/acquire). If either side throws, `failed` releases the other, and at::parallel_for
+// rethrows the exception. With a single thread available both roles run in order on it.
+template <typename Produce, typename Consume>
+void run_pipelined(int64_t num_blocks, int64_t max_ahead, bool caller_produces, const Produce& produce,
+                   const Consume& consume) {
   std::atomic<int64_t> produced{0}, consumed{0};
   std::atomic<bool> failed{false};
   const auto wait_until = [&](const auto& ready) {
@@ -335,19 +344,19 @@ void run_pipelined(int64_t num_blocks, const Project& project, const Consume& co
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     if (end - begin == 2) {  // one thread holds both roles
       for (int64_t b = 0; b < num_blocks; ++b) {
-        project(b);
+        produce(b);
         consume(b);
       }
       return;
     }
     try {
-      if (begin == 1) {  // producer
+      if ((begin == 0) == caller_produces) {
         for (int64_t b = 0; b < num_blocks; ++b) {
-          if (!wait_until([&] { return b - consumed.load(std::memory_order_acquire) < kRing; })) return;
-          project(b);
+          if (!wait_until([&] { return b - consumed.load(std::memory_order_acquire) < max_ahead; })) return;
+          produce(b);
           produced.store(b + 1, std::memory_order_release);
         }
-      } else {  // consumer: the thread that runs the steps
+      } else {
         for (int64_t b = 0; b < num_blocks; ++b) {
           if (!wait_until([&] { return produced.load(std::memory_order_acquire) > b; })) return;
           consume(b);
@@ -376,8 +385,8 @@ struct Engine {
     const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
     const int64_t W = Cell::kSaved * H;
     const auto opts = x.options();
-    // The input projection W_ih x + b_ih, computed a block of steps at a time (ProjectionPlan).
-    const ProjectionPlan plan = projection_plan(s);
+    // The input projection W_ih x + b_ih, computed a block of steps at a time (PipelinePlan).
+    const PipelinePlan plan = pipeline_plan(s);
     const std::vector<Slice> slices = plan.pipelined ? std::vector<Slice>{{0, H}} : step_slices(s);
     const int64_t S = static_cast<int64_t>(slices.size());
     const int64_t I = x.size(2);
@@ -435,7 +444,7 @@ struct Engine {
         if (b_ih_d) {
           for (int64_t r = 0; r < rows; ++r) std::copy(b_ih_d, b_ih_d + GH, dst + r * GH);
         }
-        gemm<scalar_t>(rows, GH, I, x_p + first * B * I, I, w_ih_d, I, /*b_transposed=*/true, b_ih_d ? 1 : 0, dst,
+        gemm<scalar_t>(rows, GH, I, x_p + first * B * I, I, /*a_transposed=*/false, w_ih_d, I, /*b_transposed=*/true, b_ih_d ? 1 : 0, dst,
                        GH);
       };
       const scalar_t* bias = b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr;
@@ -511,7 +520,7 @@ struct Engine {
         for (int64_t k = b * plan.block_steps; k < std::min<int64_t>(T, (b + 1) * plan.block_steps); ++k) run_step(k);
       };
       if (plan.pipelined) {
-        run_pipelined(num_blocks, project, run_block);
+        run_pipelined(num_blocks, kRing, /*caller_produces=*/false, project, run_block);
       } else {
         for (int64_t b = 0; b < num_blocks; ++b) {
           project(b);
@@ -547,19 +556,30 @@ struct Engine {
     return prev;
   }
 
+  // Gradients of one layer. The gate gradients of each direction go to dgx (dL/d(W_ih x + b_ih),
+  // [T, B, G*H]) and, for GRU, dgh (dL/d(W_hh h + b_hh)); from them come the gradients of x,
+  // W_ih, b_ih, W_hh and b_hh, as single GEMMs after the loop, or, when pipelined, the weight
+  // GEMMs block by block on a second thread while the loop goes on (PipelinePlan).
+  // grad_x is undefined unless need_grad_x; grad_b_ih and grad_b_hh are undefined without biases.
   static void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& grad_hn,
-                       const at::Tensor& grad_cn, const at::Tensor& h0, const at::Tensor& c0,
-                       const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_c,
-                       const std::vector<int64_t>& active_rows, const at::Tensor& y, const at::Tensor& saved,
-                       at::Tensor& grad_x_proj, at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
-                       at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
+                       const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& h0,
+                       const at::Tensor& c0, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr,
+                       const at::Tensor& lengths_c, const std::vector<int64_t>& active_rows, const at::Tensor& y,
+                       const at::Tensor& saved, at::Tensor& grad_x, at::Tensor& grad_w_ih, at::Tensor& grad_b_ih,
+                       at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh, at::Tensor& grad_b_hh,
+                       at::Tensor& grad_w_hr) {
     const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
+    const int64_t I = x.size(2);
     const int64_t W = Cell::kSaved * H;
     const auto opts = grad_y.options();
-    const std::vector<Slice> slices = step_slices(s);
+    const PipelinePlan plan = pipeline_plan(s);
+    const std::vector<Slice> slices = plan.pipelined ? std::vector<Slice>{{0, H}} : step_slices(s);
     const int64_t S = static_cast<int64_t>(slices.size());
+    const int64_t num_blocks = (T + plan.block_steps - 1) / plan.block_steps;
+    // Gate gradients of the direction at hand (every step is written before it is read).
+    at::Tensor dgx = new_output(grad_y, {T, B, GH});
     // GRU's recurrent gate gradients differ from the input ones in the n gate; the others alias.
-    at::Tensor dgh_buf = Cell::kSeparateRecurrentGrad ? at::empty({T, B, GH}, opts) : at::Tensor();
+    at::Tensor dgh = Cell::kSeparateRecurrentGrad ? new_output(grad_y, {T, B, GH}) : dgx;
     at::Tensor dh_next = at::empty({B, P}, opts);
     at::Tensor dh_all, r_all, dr_buf;
     if (s.proj) {
@@ -569,6 +589,9 @@ struct Engine {
     }
     const scalar_t* gy = grad_y.data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    scalar_t* dgx_p = dgx.data_ptr<scalar_t>();
+    scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
     const auto row_kernel = Cell::template backward<scalar_t>(row_kernels<scalar_t>());
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
@@ -582,8 +605,6 @@ struct Engine {
         dc_state = grad_c0[d];
         dc_state.copy_(grad_cn[d]);
       }
-      at::Tensor dgx = grad_x_proj[d];
-      at::Tensor dgh = Cell::kSeparateRecurrentGrad ? dgh_buf : dgx;
       // Slice i computes dh[:, its units] += dgates @ W_hh[:, its units] ([G*H, size]); with a
       // projection (one slice) dh is P-wide and the slice takes all of W_hh.
       std::vector<StepWeight<scalar_t>> w_slices;
@@ -600,12 +621,13 @@ struct Engine {
       const scalar_t* h0p = h0_d.data_ptr<scalar_t>();
       const at::Tensor c0_d = Cell::kHasCellState ? c0[d].contiguous() : at::Tensor();
       const scalar_t* c0p = Cell::kHasCellState ? c0_d.data_ptr<scalar_t>() : nullptr;
-      scalar_t* dgx_p = dgx.data_ptr<scalar_t>();
-      scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
       scalar_t* dcs = Cell::kHasCellState ? dc_state.data_ptr<scalar_t>() : nullptr;
       scalar_t* dha_all = s.proj ? dh_all.data_ptr<scalar_t>() : nullptr;
       scalar_t* r_all_p = s.proj ? r_all.data_ptr<scalar_t>() : nullptr;
       const scalar_t* drb = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
+      // The state each step started from, the right operand of W_hh's gradient.
+      const at::Tensor h_prev_all = states_entering_each_step(idx, B, P, yp + d * P, D * P, h0p, opts);
+      const scalar_t* h_prev_p = h_prev_all.data_ptr<scalar_t>();
 
       // Step t's pointwise backward for slice i: from the complete dL/dh_t (dhs) to the gate
       // gradients of step t and the part of dL/dh_{t-1} that bypasses W_hh (into dhn).
@@ -650,62 +672,109 @@ struct Engine {
       // Completes dL/dh_{t-1} for slice i: dhn[:, slice] += dgates_t @ W_hh[:, slice]. Rows
       // among the first n that are inactive have zero gate gradients, so their pass-through
       // value is unaffected.
-      const auto gemm = [&](int64_t t, int64_t i, scalar_t* dhn) {
+      const auto gemm_dh = [&](int64_t t, int64_t i, scalar_t* dhn) {
         const int64_t col_begin = s.proj ? 0 : slices[i].begin;
         w_slices[i].multiply(active_rows[t], dgh_p + t * B * GH, GH, 1, dhn + col_begin, P);
       };
-
-      if (S == 1) {
-        for (int64_t k = T - 1; k >= 0; --k) {
-          const int64_t t = idx.reverse ? T - 1 - k : k;
-          if (s.proj) {
-            // dL/dh_t (P-space) for all rows, then back through the projection in one GEMM.
-            for (int64_t b = 0; b < B; ++b) {
-              scalar_t* dst = dha_all + (t * B + b) * P;
-              const scalar_t* gy_row = gy + (t * B + b) * D * P + d * P;
-              if (!idx.active(t, b)) {
-                std::fill(dst, dst + P, scalar_t(0));
-                continue;
-              }
-              for (int64_t j = 0; j < P; ++j) {
-                dst[j] = static_cast<scalar_t>(static_cast<opmath_t>(dh_cur[b * P + j]) +
-                                               static_cast<opmath_t>(gy_row[j]));
-              }
+      // Step k of the reverse-time loop: k = 0 is the direction's last step in processing order.
+      const auto time_of = [&](int64_t k) { return idx.reverse ? k : T - 1 - k; };
+      const auto run_step = [&](int64_t k) {
+        const int64_t t = time_of(k);
+        if (s.proj) {
+          // dL/dh_t (P-space) for all rows, then back through the projection in one GEMM.
+          for (int64_t b = 0; b < B; ++b) {
+            scalar_t* dst = dha_all + (t * B + b) * P;
+            const scalar_t* gy_row = gy + (t * B + b) * D * P + d * P;
+            if (!idx.active(t, b)) {
+              std::fill(dst, dst + P, scalar_t(0));
+              continue;
             }
-            w_hr_step->multiply(active_rows[t], dha_all + t * B * P, P, 0, dr_buf.data_ptr<scalar_t>(), H);
+            for (int64_t j = 0; j < P; ++j) {
+              dst[j] = static_cast<scalar_t>(static_cast<opmath_t>(dh_cur[b * P + j]) +
+                                             static_cast<opmath_t>(gy_row[j]));
+            }
           }
+          w_hr_step->multiply(active_rows[t], dha_all + t * B * P, P, 0, dr_buf.data_ptr<scalar_t>(), H);
+        }
+        if (plan.pipelined) {  // the other thread is busy with the weight gradients
+          pointwise(t, 0, 0, B, dh_cur, dh_nxt);
+        } else {
           at::parallel_for(0, B, row_grain(GH),
                            [&](int64_t b0, int64_t b1) { pointwise(t, 0, b0, b1, dh_cur, dh_nxt); });
-          gemm(t, 0, dh_nxt);
-          std::swap(dh_cur, dh_nxt);
         }
+        gemm_dh(t, 0, dh_nxt);
+        std::swap(dh_cur, dh_nxt);
+      };
+      // The steps of block b of the loop span the times [t_begin, t_end).
+      const auto block_times = [&](int64_t b) {
+        const int64_t k0 = b * plan.block_steps, k1 = std::min<int64_t>(T, k0 + plan.block_steps);
+        return idx.reverse ? std::make_pair(k0, k1) : std::make_pair(T - k1, T - k0);
+      };
+      const auto run_block = [&](int64_t b) {
+        for (int64_t k = b * plan.block_steps; k < std::min<int64_t>(T, (b + 1) * plan.block_steps); ++k) run_step(k);
+      };
+      // grad_w_ih[d] and grad_w_hh[d] (+)= gate gradients^T @ (x, h_prev) over the times
+      // [t_begin, t_end); the first block writes, the later ones accumulate.
+      scalar_t* gw_ih = grad_w_ih[d].data_ptr<scalar_t>();
+      scalar_t* gw_hh = grad_w_hh[d].data_ptr<scalar_t>();
+      const auto weight_grads = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
+        const int64_t rows = (t_end - t_begin) * B;
+        gemm<scalar_t>(GH, I, rows, dgx_p + t_begin * B * GH, GH, /*a_transposed=*/true, x_p + t_begin * B * I, I,
+                       /*b_transposed=*/false, accumulate ? 1 : 0, gw_ih, I);
+        gemm<scalar_t>(GH, P, rows, dgh_p + t_begin * B * GH, GH, /*a_transposed=*/true, h_prev_p + t_begin * B * P,
+                       P, /*b_transposed=*/false, accumulate ? 1 : 0, gw_hh, P);
+      };
+
+      if (plan.pipelined) {
+        run_pipelined(num_blocks, num_blocks, /*caller_produces=*/true, run_block, [&](int64_t b) {
+          const auto [t_begin, t_end] = block_times(b);
+          weight_grads(t_begin, t_end, b > 0);
+        });
+      } else if (S == 1) {
+        for (int64_t k = 0; k < T; ++k) run_step(k);
+        weight_grads(0, T, false);
       } else {
         // One parallel region per step: slice i finishes dL/dh_t for its units (the GEMM of
         // the step before), then runs step t's pointwise pass on them.
         int64_t t_pending = -1;  // the step whose GEMM is still owed
-        for (int64_t k = T - 1; k >= 0; --k) {
-          const int64_t t = idx.reverse ? T - 1 - k : k;
+        for (int64_t k = 0; k < T; ++k) {
+          const int64_t t = time_of(k);
           for_each_slice(S, [&](int64_t i) {
-            if (t_pending >= 0) gemm(t_pending, i, dh_cur);
+            if (t_pending >= 0) gemm_dh(t_pending, i, dh_cur);
             pointwise(t, i, 0, B, dh_cur, dh_nxt);
           });
           std::swap(dh_cur, dh_nxt);
           t_pending = t;
         }
-        if (t_pending >= 0) for_each_slice(S, [&](int64_t i) { gemm(t_pending, i, dh_cur); });
+        if (t_pending >= 0) for_each_slice(S, [&](int64_t i) { gemm_dh(t_pending, i, dh_cur); });
+        weight_grads(0, T, false);
       }
       if (dh_cur != dh_state.data_ptr<scalar_t>()) {
         std::copy(dh_cur, dh_cur + B * P, dh_state.data_ptr<scalar_t>());
       }
-
-      // Weight gradients as single GEMMs over all steps.
-      const at::Tensor dgh_2d = dgh.reshape({T * B, GH});
-      at::Tensor h_prev_all = states_entering_each_step(idx, B, P, yp + d * P, D * P, h0p, opts);
-      at::Tensor grad_w_hh_d = grad_w_hh[d];
-      at::mm_out(grad_w_hh_d, dgh_2d.t(), h_prev_all.view({T * B, P}));
+      // What needs every step at once: x's gradient (summed over directions), the biases'.
+      const at::Tensor dgx_2d = dgx.view({T * B, GH});
+      if (grad_x.defined()) {
+        at::Tensor grad_x_2d = grad_x.view({T * B, I});
+        if (d == 0) {
+          at::mm_out(grad_x_2d, dgx_2d, w_ih[d]);
+        } else {
+          grad_x_2d.addmm_(dgx_2d, w_ih[d]);
+        }
+      }
+      if (grad_b_ih.defined()) {
+        at::Tensor grad_b_ih_d = grad_b_ih[d];
+        at::sum_out(grad_b_ih_d, dgx_2d, at::IntArrayRef{0});
+      }
       if (grad_b_hh.defined()) {
         at::Tensor grad_b_hh_d = grad_b_hh[d];
-        at::sum_out(grad_b_hh_d, dgh_2d, at::IntArrayRef{0});
+        if (Cell::kSeparateRecurrentGrad) {
+          at::sum_out(grad_b_hh_d, dgh.view({T * B, GH}), at::IntArrayRef{0});
+        } else if (grad_b_ih.defined()) {
+          grad_b_hh_d.copy_(grad_b_ih[d]);  // dgh is dgx
+        } else {
+          at::sum_out(grad_b_hh_d, dgx_2d, at::IntArrayRef{0});
+        }
       }
       if (s.proj) {
         at::Tensor grad_w_hr_d = grad_w_hr[d];
@@ -753,40 +822,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   return {y, hn, cn, saved};
 }
 
-// Backward of one layer. Returns grad_x_proj, grad_h0, grad_c0 (undefined without a cell
-// state), grad_w_hh, grad_b_hh (empty [0] without b_hh) and grad_w_hr (empty [0] without w_hr).
+// Backward of one layer. Returns grad_x (empty [0] unless need_grad_x), grad_w_ih, grad_b_ih
+// (empty [0] without b_ih), grad_h0, grad_c0 (undefined without a cell state), grad_w_hh,
+// grad_b_hh (empty [0] without b_hh) and grad_w_hr (empty [0] without w_hr).
 template <typename Cell>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
-    const char* op, const at::Tensor& grad_y_in, const at::Tensor& grad_hn_in, const at::Tensor* grad_cn_in,
-    const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
-    const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in) {
-  TORCH_CHECK(y_in.dim() == 3, op, ": y must be 3-D [T, B, D*P] but got shape ", y_in.sizes());
-  TORCH_CHECK(w_hh_in.dim() == 3 && w_hh_in.size(0) >= 1, op, ": w_hh must be 3-D [D, G*H, P] but got shape ",
-              w_hh_in.sizes());
-  const int64_t D = w_hh_in.size(0);
-  const int64_t T = y_in.size(0), B = y_in.size(1);
-  // A stand-in x_proj of the right shape lets the forward checks validate everything else.
-  const at::Tensor x_proj_shape = at::empty({1}, y_in.options()).expand({D, T, B, w_hh_in.size(1)});
-  const LayerSizes s = check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in,
-                                        lengths);
-  TORCH_CHECK(y_in.device().is_cpu(), op, ": the CPU kernel got y on ", y_in.device());
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& grad_hn_in, const at::Tensor* grad_cn_in,
+               const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& b_ih_in,
+               const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
+               const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
+               const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in,
+               bool need_grad_x) {
+  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const LayerSizes s =
+      check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
+  TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
+  check_same_dtype_device(op, "y", y_in, x_in);
   check_shape(op, "y", y_in, {s.T, s.B, s.D * s.P});
-  check_same_dtype_device(op, "grad_y", grad_y_in, y_in);
+  check_same_dtype_device(op, "grad_y", grad_y_in, x_in);
   check_shape(op, "grad_y", grad_y_in, {s.T, s.B, s.D * s.P});
-  check_same_dtype_device(op, "grad_hn", grad_hn_in, y_in);
+  check_same_dtype_device(op, "grad_hn", grad_hn_in, x_in);
   check_shape(op, "grad_hn", grad_hn_in, {s.D, s.B, s.P});
   if (grad_cn_in) {
-    check_same_dtype_device(op, "grad_cn", *grad_cn_in, y_in);
+    check_same_dtype_device(op, "grad_cn", *grad_cn_in, x_in);
     check_shape(op, "grad_cn", *grad_cn_in, {s.D, s.B, s.H});
   }
-  check_same_dtype_device(op, "workspace", saved_in, y_in);
+  check_same_dtype_device(op, "workspace", saved_in, x_in);
   check_shape(op, "workspace", saved_in, {s.D, s.T, s.B, Cell::kSaved * s.H});
   const std::vector<int64_t> active_rows = active_rows_per_step(op, lengths, s.T, s.B);
 
   const at::Tensor grad_y = grad_y_in.contiguous();
   const at::Tensor grad_hn = grad_hn_in.contiguous();
   const at::Tensor grad_cn = grad_cn_in ? grad_cn_in->contiguous() : at::Tensor();
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor w_ih = w_ih_in.contiguous();
   const at::Tensor h0 = h0_in.contiguous();
   const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
   const at::Tensor w_hh = w_hh_in.contiguous();
@@ -796,20 +865,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor saved = saved_in.contiguous();
 
   const int64_t GH = s.G * s.H;
-  at::Tensor grad_x_proj = new_output(y, {s.D, s.T, s.B, GH});
-  at::Tensor grad_h0 = new_output(y, {s.D, s.B, s.P});
-  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(y, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor grad_w_hh = new_output(y, {s.D, GH, s.P});
-  at::Tensor grad_b_hh = b_hh_in ? new_output(y, {s.D, GH}) : at::Tensor();
-  at::Tensor grad_w_hr = s.proj ? new_output(y, {s.D, s.P, s.H}) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "fastrnn_layer_backward", [&] {
-    Engine<Cell, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, h0, c0, w_hh, w_hr, lengths_c,
-                                                active_rows, y, saved, grad_x_proj, grad_h0, grad_c0, grad_w_hh,
-                                                grad_b_hh, grad_w_hr);
+  at::Tensor grad_x = need_grad_x ? new_output(x, {s.T, s.B, x.size(2)}) : at::Tensor();
+  at::Tensor grad_w_ih = new_output(x, {s.D, GH, x.size(2)});
+  at::Tensor grad_b_ih = b_ih_in ? new_output(x, {s.D, GH}) : at::Tensor();
+  at::Tensor grad_h0 = new_output(x, {s.D, s.B, s.P});
+  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
+  at::Tensor grad_w_hh = new_output(x, {s.D, GH, s.P});
+  at::Tensor grad_b_hh = b_hh_in ? new_output(x, {s.D, GH}) : at::Tensor();
+  at::Tensor grad_w_hr = s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_layer_backward", [&] {
+    Engine<Cell, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_c,
+                                     active_rows, y, saved, grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0,
+                                     grad_w_hh, grad_b_hh, grad_w_hr);
   });
-  if (!grad_b_hh.defined()) grad_b_hh = at::empty({0}, y.options());
-  if (!grad_w_hr.defined()) grad_w_hr = at::empty({0}, y.options());
-  return {grad_x_proj, grad_h0, grad_c0, grad_w_hh, grad_b_hh, grad_w_hr};
+  const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
+          or_empty(grad_w_hr)};
+}
+
+// layer_backward's results for the cells without a cell state (GRU, RNN): all but grad_c0 and grad_w_hr.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> without_cell_state(
+    const std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>&
+        g) {
+  return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<5>(g), std::get<6>(g)};
 }
 
 }  // namespace cpu

@@ -20,14 +20,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_layer_cpu(
 }
 
 template <bool kRelu>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& h0, const at::Tensor& w_hh,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_layer_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& x, const at::Tensor& w_ih,
+    const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths, const at::Tensor& y,
-    const at::Tensor& workspace) {
-  auto g = layer_backward<RnnTraits<kRelu>>(
-      kRelu ? "fastrnn::rnn_relu_layer_backward" : "fastrnn::rnn_tanh_layer_backward", grad_y, grad_hn, nullptr, h0,
-      nullptr, w_hh, b_hh, c10::nullopt, lengths, y, workspace);
-  return {std::get<0>(g), std::get<1>(g), std::get<3>(g), std::get<4>(g)};
+    const at::Tensor& workspace, bool need_grad_x) {
+  return without_cell_state(layer_backward<RnnTraits<kRelu>>(
+      kRelu ? "fastrnn::rnn_relu_layer_backward" : "fastrnn::rnn_tanh_layer_backward", grad_y, grad_hn, nullptr, x,
+      w_ih, b_ih, h0, nullptr, w_hh, b_hh, c10::nullopt, lengths, y, workspace, need_grad_x));
 }
 
 }  // namespace
