@@ -16,6 +16,8 @@
 
 #include <string>
 
+#include "cpu/panel_gemm.h"
+
 #ifdef FASTRNN_WITH_CUDA
 namespace fastrnn {
 namespace cuda {
@@ -52,6 +54,9 @@ PYBIND11_MODULE(_C, module) {
   module.def("build_info", [] {
     pybind11::dict info;
     info["torch"] = TORCH_VERSION;
+    // The GEMM of each time step on the CPU in float (cpu/panel_gemm.h, cpu/recurrence.h StepWeight).
+    info["cpu_step_gemm"] = fastrnn::cpu::panel_gemm_kernel() != nullptr ? "fastrnn AVX2 panel kernel (small steps)"
+                                                                         : "BLAS (MKL packed sgemm where available)";
 #ifdef FASTRNN_WITH_CUDA
     info["cuda"] = true;
     info["cuda_archs"] = fastrnn::cuda::compiled_archs();

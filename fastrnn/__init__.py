@@ -30,7 +30,8 @@ def backend_info() -> dict:
     """Which kernels this build has and what it was built against.
 
     Keys: version, extension_loaded, extension_error, cpu_kernels, cuda_kernels, cuda_archs
-    (list of 'sm_XY'), built_with_torch, running_torch, torch_cuda (torch's CUDA version or None).
+    (list of 'sm_XY'), built_with_torch, running_torch, torch_cuda (torch's CUDA version or None),
+    and with the extension: cuda_compiled, cpu_step_gemm (what multiplies each time step in float).
     """
     info = {
         "version": __version__,
@@ -48,6 +49,7 @@ def backend_info() -> dict:
         info["built_with_torch"] = build["torch"]
         info["cuda_archs"] = [f"sm_{a[:-1]}" for a in build["cuda_archs"].split(",") if a]
         info["cuda_compiled"] = bool(build["cuda"])
+        info["cpu_step_gemm"] = build["cpu_step_gemm"]
     return info
 
 

@@ -1,6 +1,7 @@
 // The portable build of the pointwise kernels, and the run-time choice between capabilities.
 #define FASTRNN_CAPABILITY_NS capability_default
 #include "pointwise.h"
+#include "panel_gemm.h"
 
 #include <ATen/Version.h>
 
@@ -32,6 +33,16 @@ const RowKernels<scalar_t>& row_kernels() {
     return capability_default::make_row_kernels<scalar_t>();
   }();
   return kernels;
+}
+
+PanelGemm panel_gemm_kernel() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // AVX2 only: measured there (panel_gemm.h); on AVX-512, MKL stays.
+  static const PanelGemm kernel = at::get_cpu_capability() == "AVX2" ? &capability_avx2::panel_gemm : nullptr;
+  return kernel;
+#else
+  return nullptr;
+#endif
 }
 
 template const RowKernels<float>& row_kernels<float>();

@@ -33,6 +33,7 @@
 
 #include "fastrnn/cells.h"
 #include "fastrnn/checks.h"
+#include "panel_gemm.h"
 #include "rows.h"
 
 namespace fastrnn {
@@ -151,17 +152,30 @@ void sgemm_compute_(const char* transa, const char* transb, const int* m, const 
 }
 
 // A weight W that every step multiplies: C[M, N] = A[M, K] @ W[K, N] + beta * C, M <= max_rows.
-// With `transposed`, W is stored as [N, K] (row stride ldw). In float with MKL, W is packed
-// once into MKL's internal layout (what oneDNN's RNN does), so no step re-packs it; MKL's
-// packed GEMM is specified only for the sizes it was packed for, so steps with fewer rows (a
-// packed batch's shorter tail) multiply the unpacked W. Otherwise a transposed W is copied once
-// into [K, N] so that every step reads it row by row.
+// With `transposed`, W is stored as [N, K] (row stride ldw). W is packed once, before the loop:
+// in float, for steps under kMaxPanelMacs, into panels for fastrnn's own kernel where it has one
+// (panel_gemm.h: AVX2); otherwise, in float with MKL, into MKL's internal layout (what oneDNN's
+// RNN does), so no step re-packs it; MKL's packed GEMM is specified only for the sizes it was
+// packed for, so steps with fewer rows (a packed batch's shorter tail) multiply the unpacked W.
+// Otherwise a transposed W is copied once into [K, N] so that every step reads it row by row.
 template <typename scalar_t>
 class StepWeight {
  public:
+  // Above this, one step's product runs threaded inside MKL (2 cores: ~100 GFLOP/s at
+  // [64, 512] @ [512, 2048]), faster than the single-threaded panel kernel (~80).
+  static constexpr int64_t kMaxPanelMacs = int64_t{1} << 22;
+
   StepWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows)
       : N_(N), K_(K), packed_rows_(max_rows) {
     if constexpr (std::is_same_v<scalar_t, float>) {
+      panel_kernel_ = panel_gemm_kernel();
+      if (panel_kernel_ && max_rows * N * K < kMaxPanelMacs) {
+        const at::Tensor wc = w.contiguous();
+        panels_ = at::empty({packed_panels_size(K, N)}, w.options());
+        pack_panels(K, N, wc.data_ptr<float>(), transposed ? 1 : N, transposed ? K : 1, panels_.data_ptr<float>());
+        return;
+      }
+      panel_kernel_ = nullptr;
       if (sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && max_rows > 0 && K > 0 && N > 0 &&
           std::max({N, K, max_rows}) < std::numeric_limits<int>::max()) {
         w_ = w.contiguous();
@@ -187,6 +201,10 @@ class StepWeight {
                 int64_t ldc) const {
     if (M == 0 || N_ == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
+      if (panel_kernel_) {
+        panel_kernel_(M, N_, K_, A, lda, panels_.data_ptr<float>(), beta, C, ldc);
+        return;
+      }
       if (packed_.defined() && M == packed_rows_) {
         const int m = static_cast<int>(N_), n = static_cast<int>(M), k = static_cast<int>(K_);
         const int ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
@@ -201,8 +219,10 @@ class StepWeight {
 
  private:
   int64_t N_, K_, packed_rows_;
-  at::Tensor packed_;  // MKL-packed W for packed_rows_ rows, or undefined
-  at::Tensor w_;       // W, unpacked: as given (when packed) or as [K, N]
+  PanelGemm panel_kernel_ = nullptr;  // fastrnn's own kernel on panels_, or nullptr
+  at::Tensor panels_;                 // W packed for panel_kernel_
+  at::Tensor packed_;                 // MKL-packed W for packed_rows_ rows, or undefined
+  at::Tensor w_;                      // W, unpacked: as given (when MKL-packed) or as [K, N]
   int64_t ldw_ = 0;
   bool transposed_ = false;
 };
@@ -303,13 +323,13 @@ inline void for_each_slice(int64_t num_slices, const F& step_fn) {
 }
 
 // Whether the GEMMs over all steps overlap the time loop. Forward needs the input projection
-// W_ih x + b_ih before the loop, backward has the weight gradients (and W_ih's) after it.
+// W_ih x + b_ih before the loop, backward has the weight gradients after it.
 // Computing them at once as single GEMMs is best for large layers. For small ones (step GEMM
 // under 2^20 MACs) they cost as much as the whole recurrence (measured at B=8, H=128: LSTM
 // forward ~1.2 ms of ~4 ms), while the recurrence itself cannot use a second core (hidden-unit
 // slices measured no faster there). So there a second thread works on blocks of steps (about
 // kPipelineRows rows each) alongside the calling thread's time loop: forward, it projects the
-// next block; backward, it forms the weight gradients of the block the loop has just finished.
+// next block; backward, it forms W_ih's gradient from the block the loop has just finished.
 struct PipelinePlan {
   bool pipelined;
   int64_t block_steps;  // steps per block
@@ -558,8 +578,8 @@ struct Engine {
 
   // Gradients of one layer. The gate gradients of each direction go to dgx (dL/d(W_ih x + b_ih),
   // [T, B, G*H]) and, for GRU, dgh (dL/d(W_hh h + b_hh)); from them come the gradients of x,
-  // W_ih, b_ih, W_hh and b_hh, as single GEMMs after the loop, or, when pipelined, the weight
-  // GEMMs block by block on a second thread while the loop goes on (PipelinePlan).
+  // W_ih, b_ih, W_hh and b_hh, as single GEMMs after the loop, or, when pipelined, W_ih's
+  // block by block on a second thread while the loop goes on (PipelinePlan).
   // grad_x is undefined unless need_grad_x; grad_b_ih and grad_b_hh are undefined without biases.
   static void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& grad_hn,
                        const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& h0,
@@ -717,19 +737,29 @@ struct Engine {
       // [t_begin, t_end); the first block writes, the later ones accumulate.
       scalar_t* gw_ih = grad_w_ih[d].data_ptr<scalar_t>();
       scalar_t* gw_hh = grad_w_hh[d].data_ptr<scalar_t>();
+      const auto grad_w_ih_rows = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
+        gemm<scalar_t>(GH, I, (t_end - t_begin) * B, dgx_p + t_begin * B * GH, GH, /*a_transposed=*/true,
+                       x_p + t_begin * B * I, I, /*b_transposed=*/false, accumulate ? 1 : 0, gw_ih, I);
+      };
+      const auto grad_w_hh_rows = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
+        gemm<scalar_t>(GH, P, (t_end - t_begin) * B, dgh_p + t_begin * B * GH, GH, /*a_transposed=*/true,
+                       h_prev_p + t_begin * B * P, P, /*b_transposed=*/false, accumulate ? 1 : 0, gw_hh, P);
+      };
       const auto weight_grads = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
-        const int64_t rows = (t_end - t_begin) * B;
-        gemm<scalar_t>(GH, I, rows, dgx_p + t_begin * B * GH, GH, /*a_transposed=*/true, x_p + t_begin * B * I, I,
-                       /*b_transposed=*/false, accumulate ? 1 : 0, gw_ih, I);
-        gemm<scalar_t>(GH, P, rows, dgh_p + t_begin * B * GH, GH, /*a_transposed=*/true, h_prev_p + t_begin * B * P,
-                       P, /*b_transposed=*/false, accumulate ? 1 : 0, gw_hh, P);
+        grad_w_ih_rows(t_begin, t_end, accumulate);
+        grad_w_hh_rows(t_begin, t_end, accumulate);
       };
 
       if (plan.pipelined) {
+        // The second thread forms W_ih's gradient block by block; W_hh's, which took about as
+        // long again, runs after the loop on both threads. With both on the second thread it
+        // outlasted the loop once the panel kernel made the steps faster (LSTM B=8, H=128:
+        // backward 5.4-6.3 ms -> 4.4-5.5 ms, noisy A/B on the AVX2 machine).
         run_pipelined(num_blocks, num_blocks, /*caller_produces=*/true, run_block, [&](int64_t b) {
           const auto [t_begin, t_end] = block_times(b);
-          weight_grads(t_begin, t_end, b > 0);
+          grad_w_ih_rows(t_begin, t_end, b > 0);
         });
+        grad_w_hh_rows(0, T, false);
       } else if (S == 1) {
         for (int64_t k = 0; k < T; ++k) run_step(k);
         weight_grads(0, T, false);
