@@ -5,7 +5,7 @@ The parity tests exercise only the capability the test process runs at, so an AV
 run the AVX2 kernel there. Here each capability runs in its own process (ATEN_CPU_CAPABILITY), on shapes
 that hit every edge of the kernel: row tiles of 4 with 1-3 rows left over (B), panels of 24 columns with a
 partial last one (G*H, and P with a projection), the backward's accumulating product (beta = 1), packed
-sequences whose steps shrink to fewer rows, and both directions.
+sequences whose steps shrink to fewer rows, both directions, and large steps split across threads.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ CASES = [
     ("GRU", dict(hidden_size=9, num_layers=2), 1, None),   # one row: the 1-row tile
     ("GRU", dict(hidden_size=8), 6, (6, 5, 3, 3, 2, 1)),
     ("RNN", dict(hidden_size=29), 2, None),            # G*H = 29: a panel and 5 columns
+    # Steps of 2^20+ multiply-adds outside a parallel region split their panels across threads:
+    ("LSTM", dict(hidden_size=128), 64, None),          # 64 x 512 x 128 = 2^22: one slice, threaded panels
+    ("LSTM", dict(hidden_size=100, proj_size=50), 63, None),  # 63 x 400 x 50: 16 panels and 16 columns
 ]
 
 _SCRIPT = r"""

@@ -153,23 +153,22 @@ void sgemm_compute_(const char* transa, const char* transb, const int* m, const 
 
 // A weight W that every step multiplies: C[M, N] = A[M, K] @ W[K, N] + beta * C, M <= max_rows.
 // With `transposed`, W is stored as [N, K] (row stride ldw). W is packed once, before the loop:
-// in float, for steps under kMaxPanelMacs, into panels for fastrnn's own kernel where it has one
-// (panel_gemm.h: AVX2); otherwise, in float with MKL, into MKL's internal layout (what oneDNN's
+// in float, into panels for fastrnn's own kernel where it has one (panel_gemm.h: AVX2); otherwise, in float with MKL, into MKL's internal layout (what oneDNN's
 // RNN does), so no step re-packs it; MKL's packed GEMM is specified only for the sizes it was
 // packed for, so steps with fewer rows (a packed batch's shorter tail) multiply the unpacked W.
 // Otherwise a transposed W is copied once into [K, N] so that every step reads it row by row.
 template <typename scalar_t>
 class StepWeight {
  public:
-  // Above this, one step's product runs threaded inside MKL (2 cores: ~100 GFLOP/s at
-  // [64, 512] @ [512, 2048]), faster than the single-threaded panel kernel (~80).
-  static constexpr int64_t kMaxPanelMacs = int64_t{1} << 22;
+  // From this size on, a step's product outside a parallel region splits its panels across
+  // the threads (2 cores, [64, 512] @ [512, 2048]: ~138 GFLOP/s against MKL's ~80-100).
+  static constexpr int64_t kThreadedPanelMacs = int64_t{1} << 20;
 
   StepWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows)
       : N_(N), K_(K), packed_rows_(max_rows) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       panel_kernel_ = panel_gemm_kernel();
-      if (panel_kernel_ && max_rows * N * K < kMaxPanelMacs) {
+      if (panel_kernel_) {
         const at::Tensor wc = w.contiguous();
         panels_ = at::empty({packed_panels_size(K, N)}, w.options());
         pack_panels(K, N, wc.data_ptr<float>(), transposed ? 1 : N, transposed ? K : 1, panels_.data_ptr<float>());
@@ -202,7 +201,17 @@ class StepWeight {
     if (M == 0 || N_ == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (panel_kernel_) {
-        panel_kernel_(M, N_, K_, A, lda, panels_.data_ptr<float>(), beta, C, ldc);
+        const float* panels = panels_.data_ptr<float>();
+        if (M * N_ * K_ < kThreadedPanelMacs || at::in_parallel_region()) {
+          panel_kernel_(M, N_, K_, A, lda, panels, beta, C, ldc);
+          return;
+        }
+        // Each thread takes a run of whole panels: columns [p0, p1) * kPanelWidth of C.
+        const int64_t num_panels = (N_ + kPanelWidth - 1) / kPanelWidth;
+        at::parallel_for(0, num_panels, 1, [&](int64_t p0, int64_t p1) {
+          const int64_t n0 = p0 * kPanelWidth, n1 = std::min(N_, p1 * kPanelWidth);
+          panel_kernel_(M, n1 - n0, K_, A, lda, panels + p0 * K_ * kPanelWidth, beta, C + n0, ldc);
+        });
         return;
       }
       if (packed_.defined() && M == packed_rows_) {
