@@ -20,8 +20,10 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <thread>
 #include <cstdlib>
@@ -48,6 +50,31 @@ inline bool debug_poison() {
 // kernel fails to write shows up in the tests.
 inline at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
   at::Tensor t = at::empty(sizes, like.options());
+  if (debug_poison()) {
+    t.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+  return t;
+}
+
+// Scratch memory kept from one call to the next. The big internal buffers (every step's input
+// projection, the gate gradients: [T, B, G*H], tens of MB at T=100, B=64, H=512) otherwise come
+// from fresh pages on every call, since glibc serves blocks over 32 MB by mmap and unmaps them
+// on free, and the page faults of first touch measured ~35 ms per such buffer there (LSTM
+// forward: ~15%). So each thread keeps its largest buffer per slot, as cuDNN keeps a workspace;
+// the memory held is at most one layer's scratch (about 2 [T, B, G*H] + [T, B, P] tensors) per
+// thread that ran fastrnn. Outputs never live here. With FASTRNN_DEBUG=1 scratch is NaN-filled.
+enum ScratchSlot { kScratchProjection, kScratchGateGrads, kScratchRecurrentGateGrads, kScratchPrevStates,
+                   kScratchSlots };
+
+inline at::Tensor scratch(ScratchSlot slot, const at::Tensor& like, at::IntArrayRef sizes) {
+  thread_local std::array<at::Tensor, kScratchSlots> buffers;
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(like.element_size());
+  at::Tensor& buffer = buffers[slot];
+  if (!buffer.defined() || buffer.numel() < bytes) {
+    buffer = at::Tensor();  // free the smaller one first
+    buffer = at::empty({bytes}, like.options().dtype(at::kByte));
+  }
+  at::Tensor t = buffer.narrow(0, 0, bytes).view(like.scalar_type()).view(sizes);
   if (debug_poison()) {
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }
@@ -422,7 +449,7 @@ struct Engine {
     const int64_t num_blocks = (T + plan.block_steps - 1) / plan.block_steps;
     // One block buffer, or a ring of kRing while a second thread computes blocks ahead.
     const int64_t ring = plan.pipelined ? kRing : 1;
-    at::Tensor x_blocks = new_output(x, {ring, plan.block_steps * B * GH});
+    at::Tensor x_blocks = scratch(kScratchProjection, x, {ring, plan.block_steps * B * GH});
     scalar_t* x_blocks_p = x_blocks.data_ptr<scalar_t>();
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     // Each slice's gates, [B, G * size], one after the other (slice i starts at B * G * begin).
@@ -568,7 +595,7 @@ struct Engine {
   static at::Tensor states_entering_each_step(const StepIndex& idx, int64_t B, int64_t X, const scalar_t* seq,
                                               int64_t seq_row_stride, const scalar_t* init,
                                               const at::TensorOptions& options) {
-    at::Tensor prev = at::empty({idx.T, B, X}, options);
+    at::Tensor prev = scratch(kScratchPrevStates, at::empty({0}, options), {idx.T, B, X});
     scalar_t* out = prev.data_ptr<scalar_t>();
     at::parallel_for(0, idx.T * B, row_grain(X), [&](int64_t begin, int64_t end) {
       for (int64_t tb = begin; tb < end; ++tb) {
@@ -606,9 +633,9 @@ struct Engine {
     const int64_t S = static_cast<int64_t>(slices.size());
     const int64_t num_blocks = (T + plan.block_steps - 1) / plan.block_steps;
     // Gate gradients of the direction at hand (every step is written before it is read).
-    at::Tensor dgx = new_output(grad_y, {T, B, GH});
+    at::Tensor dgx = scratch(kScratchGateGrads, grad_y, {T, B, GH});
     // GRU's recurrent gate gradients differ from the input ones in the n gate; the others alias.
-    at::Tensor dgh = Cell::kSeparateRecurrentGrad ? new_output(grad_y, {T, B, GH}) : dgx;
+    at::Tensor dgh = Cell::kSeparateRecurrentGrad ? scratch(kScratchRecurrentGateGrads, grad_y, {T, B, GH}) : dgx;
     at::Tensor dh_next = at::empty({B, P}, opts);
     at::Tensor dh_all, r_all, dr_buf;
     if (s.proj) {
