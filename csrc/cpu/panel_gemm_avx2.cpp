@@ -16,8 +16,8 @@ namespace {
 // accumulators (12 for 4 rows: enough independent FMA chains to keep both FMA units busy), each
 // step of k loading one panel row (3 vectors) and broadcasting one element of each A row.
 template <int kRows>
-void tile(int64_t K, const float* A, int64_t lda, const float* panel, int64_t cols, float beta, float* C,
-          int64_t ldc) {
+void tile(int64_t K, const float* A, int64_t lda, const float* panel, const float* bias, int64_t cols, float beta,
+          float* C, int64_t ldc) {
   // Named accumulators, not an array indexed in the loop: GCC keeps them in registers then.
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
   __m256 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
@@ -51,7 +51,15 @@ void tile(int64_t K, const float* A, int64_t lda, const float* panel, int64_t co
       c32 = _mm256_fmadd_ps(a, b2, c32);
     }
   }
-  const __m256 acc[4][3] = {{c00, c01, c02}, {c10, c11, c12}, {c20, c21, c22}, {c30, c31, c32}};
+  __m256 acc[4][3] = {{c00, c01, c02}, {c10, c11, c12}, {c20, c21, c22}, {c30, c31, c32}};
+  if (bias) {
+    alignas(32) float b[kPanelWidth] = {};  // a partial panel's bias stops at cols
+    std::copy(bias, bias + cols, b);
+    for (int v = 0; v < 3; ++v) {
+      const __m256 bv = _mm256_load_ps(b + 8 * v);
+      for (int r = 0; r < kRows; ++r) acc[r][v] = _mm256_add_ps(acc[r][v], bv);
+    }
+  }
   const __m256 vbeta = _mm256_set1_ps(beta);
   for (int r = 0; r < kRows; ++r) {
     float* c = C + r * ldc;
@@ -71,17 +79,18 @@ void tile(int64_t K, const float* A, int64_t lda, const float* panel, int64_t co
 
 }  // namespace
 
-void panel_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* panels, float beta,
-                float* C, int64_t ldc) {
+void panel_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* panels,
+                const float* bias, float beta, float* C, int64_t ldc) {
   for (int64_t p = 0; p * kPanelWidth < N; ++p) {
     const float* panel = panels + p * K * kPanelWidth;
     const int64_t n0 = p * kPanelWidth, cols = std::min(kPanelWidth, N - n0);
+    const float* panel_bias = bias ? bias + n0 : nullptr;
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) tile<4>(K, A + m * lda, lda, panel, cols, beta, C + m * ldc + n0, ldc);
+    for (; m + 4 <= M; m += 4) tile<4>(K, A + m * lda, lda, panel, panel_bias, cols, beta, C + m * ldc + n0, ldc);
     switch (M - m) {
-      case 3: tile<3>(K, A + m * lda, lda, panel, cols, beta, C + m * ldc + n0, ldc); break;
-      case 2: tile<2>(K, A + m * lda, lda, panel, cols, beta, C + m * ldc + n0, ldc); break;
-      case 1: tile<1>(K, A + m * lda, lda, panel, cols, beta, C + m * ldc + n0, ldc); break;
+      case 3: tile<3>(K, A + m * lda, lda, panel, panel_bias, cols, beta, C + m * ldc + n0, ldc); break;
+      case 2: tile<2>(K, A + m * lda, lda, panel, panel_bias, cols, beta, C + m * ldc + n0, ldc); break;
+      case 1: tile<1>(K, A + m * lda, lda, panel, panel_bias, cols, beta, C + m * ldc + n0, ldc); break;
       default: break;
     }
   }
