@@ -54,7 +54,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("build_info", [] {
     pybind11::dict info;
     info["torch"] = TORCH_VERSION;
-    // The GEMM of each time step on the CPU in float (cpu/panel_gemm.h, cpu/recurrence.h StepWeight).
+    // The GEMM of each time step on the CPU in float (cpu/panel_gemm.h, cpu/recurrence.h PackedWeight).
     info["cpu_step_gemm"] = fastrnn::cpu::panel_gemm_kernel() != nullptr ? "fastrnn AVX2 panel kernel"
                                                                          : "BLAS (MKL packed sgemm where available)";
 #ifdef FASTRNN_WITH_CUDA
