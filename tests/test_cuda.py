@@ -1,9 +1,10 @@
 """The CUDA group: every test is marked `cuda` and skips without a GPU (conftest.py).
 
 fastrnn's modules on CUDA against torch.nn on CUDA (cuDNN) in float32, fastrnn on CUDA against
-fastrnn on the CPU in float64, gradcheck in float64 on CUDA, and FASTRNN_DEBUG poisoning. These
-are parity tests of whatever fastrnn runs on CUDA: today its reference (it warns once that this
-build has no CUDA kernels), the CUDA kernels once they exist.
+fastrnn on the CPU in float64, gradcheck in float64 on CUDA, FASTRNN_DEBUG poisoning, CUDA-graph
+capture and replay, and independence from the stream. They test the CUDA ops (csrc/cuda/layers.cu: the
+device-generic engine of csrc/include/fastrnn/engine.h, whose logic test_engine.py also checks on the
+CPU), and fail if fastrnn falls back to its reference on CUDA.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from conftest import (
 
 pytestmark = [
     pytest.mark.cuda,
-    # Expected until the CUDA kernels exist: "this build has no CUDA kernels; running the reference".
-    pytest.mark.filterwarnings("ignore:fastrnn. this build has no CUDA kernels:RuntimeWarning"),
+    # The reference must not stand in for the CUDA kernels here.
+    pytest.mark.filterwarnings("error:fastrnn. this build has no CUDA kernels:RuntimeWarning"),
 ]
 
 
@@ -115,3 +116,55 @@ def test_cuda_debug_poison(cell, monkeypatch):
     grads = torch.autograd.grad(sum((t * torch.randn_like(t)).sum() for t in results), [x, *module.parameters()])
     for t in [*results, *grads]:
         assert not torch.isnan(t).any()
+
+
+def test_cuda_kernels_are_registered():
+    import fastrnn
+
+    assert fastrnn.backend_info()["cuda_kernels"], fastrnn.backend_info()
+    for op in ("lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer"):
+        for name in (op, op + "_backward"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastrnn::{name}", "CUDA"), name
+
+
+def _module_and_input(cell, seed=0):
+    kind = CELL_KINDS[cell]
+    torch.manual_seed(seed)
+    module = kind.fastrnn_cls(6, 8, num_layers=2, bidirectional=True, device="cuda", **dict(kind.kwargs))
+    return module, torch.randn(7, 4, 6, device="cuda")
+
+
+def _forward_backward(module, x):
+    x = x.detach().requires_grad_()
+    out, _ = module(x)
+    grads = torch.autograd.grad((out * out).sum(), [x, *module.parameters()])
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_graph_capture_and_replay(cell):
+    """The whole forward and backward captured in a CUDA graph (no host sync, no allocation the graph
+    cannot own), replayed on new input, equals eager execution."""
+    module, x = _module_and_input(cell)
+    graphed = torch.cuda.make_graphed_callables(module, (x.clone().requires_grad_(),))
+    x2 = torch.randn_like(x)
+    want = _forward_backward(module, x2)
+    x2g = x2.clone().requires_grad_()
+    out, _ = graphed(x2g)
+    got = [out.detach(), *torch.autograd.grad((out * out).sum(), [x2g, *module.parameters()])]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_results_do_not_depend_on_the_stream(cell):
+    """Run on a side stream (the caller's current stream), the results equal the default stream's."""
+    module, x = _module_and_input(cell)
+    want = _forward_backward(module, x)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = _forward_backward(module, x)
+    torch.cuda.current_stream().wait_stream(side)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)  # float32 defaults: a race would show far above them

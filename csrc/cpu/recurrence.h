@@ -35,26 +35,12 @@
 
 #include "fastrnn/cells.h"
 #include "fastrnn/checks.h"
+#include "fastrnn/layer_io.h"
 #include "panel_gemm.h"
 #include "rows.h"
 
 namespace fastrnn {
 namespace cpu {
-
-inline bool debug_poison() {
-  const char* v = std::getenv("FASTRNN_DEBUG");
-  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
-}
-
-// Allocates an output; with FASTRNN_DEBUG=1 it is filled with NaN so that any element a
-// kernel fails to write shows up in the tests.
-inline at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
-  at::Tensor t = at::empty(sizes, like.options());
-  if (debug_poison()) {
-    t.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  return t;
-}
 
 // Scratch memory kept from one call to the next. The big internal buffers (every step's input
 // projection, the gate gradients: [T, B, G*H], tens of MB at T=100, B=64, H=512) otherwise come
@@ -79,26 +65,6 @@ inline at::Tensor scratch(ScratchSlot slot, const at::Tensor& like, at::IntArray
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }
   return t;
-}
-
-// Per step, how many leading batch rows can be active: 1 + the last b with lengths[b] > t.
-// Also validates the lengths, so that no later index runs out of bounds.
-inline std::vector<int64_t> active_rows_per_step(const char* op, const c10::optional<at::Tensor>& lengths,
-                                                 int64_t T, int64_t B) {
-  std::vector<int64_t> rows(T, B);
-  if (!lengths.has_value()) {
-    return rows;
-  }
-  std::fill(rows.begin(), rows.end(), 0);
-  at::Tensor len = lengths->contiguous();
-  const int64_t* l = len.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(l[b] >= 0 && l[b] <= T, op, ": lengths[", b, "] must be in [0, ", T, "] but got ", l[b]);
-    for (int64_t t = 0; t < l[b]; ++t) {
-      rows[t] = b + 1;
-    }
-  }
-  return rows;
 }
 
 // Rows per task for at::parallel_for: enough work per task to pay for the thread hand-off.
@@ -938,18 +904,7 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
-  check_same_dtype_device(op, "y", y_in, x_in);
-  check_shape(op, "y", y_in, {s.T, s.B, s.D * s.P});
-  check_same_dtype_device(op, "grad_y", grad_y_in, x_in);
-  check_shape(op, "grad_y", grad_y_in, {s.T, s.B, s.D * s.P});
-  check_same_dtype_device(op, "grad_hn", grad_hn_in, x_in);
-  check_shape(op, "grad_hn", grad_hn_in, {s.D, s.B, s.P});
-  if (grad_cn_in) {
-    check_same_dtype_device(op, "grad_cn", *grad_cn_in, x_in);
-    check_shape(op, "grad_cn", *grad_cn_in, {s.D, s.B, s.H});
-  }
-  check_same_dtype_device(op, "workspace", saved_in, x_in);
-  check_shape(op, "workspace", saved_in, {s.D, s.T, s.B, Cell::kSaved * s.H});
+  check_backward_args(op, s, Cell::kSaved, grad_y_in, grad_hn_in, grad_cn_in, x_in, y_in, saved_in);
   const std::vector<int64_t> active_rows = active_rows_per_step(op, lengths, s.T, s.B);
 
   const at::Tensor grad_y = grad_y_in.contiguous();
@@ -982,13 +937,6 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
   return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
           or_empty(grad_w_hr)};
-}
-
-// layer_backward's results for the cells without a cell state (GRU, RNN): all but grad_c0 and grad_w_hr.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> without_cell_state(
-    const std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>&
-        g) {
-  return {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<5>(g), std::get<6>(g)};
 }
 
 }  // namespace cpu

@@ -102,4 +102,23 @@ inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& 
   return s;
 }
 
+// The backward's extra arguments against the forward's sizes: y and grad_y [T, B, D*P],
+// grad_hn [D, B, P], grad_cn [D, B, H] (LSTM), the workspace [D, T, B, saved_per_unit*H].
+inline void check_backward_args(const char* op, const LayerSizes& s, int64_t saved_per_unit, const at::Tensor& grad_y,
+                                const at::Tensor& grad_hn, const at::Tensor* grad_cn, const at::Tensor& x,
+                                const at::Tensor& y, const at::Tensor& workspace) {
+  check_same_dtype_device(op, "y", y, x);
+  check_shape(op, "y", y, {s.T, s.B, s.D * s.P});
+  check_same_dtype_device(op, "grad_y", grad_y, x);
+  check_shape(op, "grad_y", grad_y, {s.T, s.B, s.D * s.P});
+  check_same_dtype_device(op, "grad_hn", grad_hn, x);
+  check_shape(op, "grad_hn", grad_hn, {s.D, s.B, s.P});
+  if (grad_cn) {
+    check_same_dtype_device(op, "grad_cn", *grad_cn, x);
+    check_shape(op, "grad_cn", *grad_cn, {s.D, s.B, s.H});
+  }
+  check_same_dtype_device(op, "workspace", workspace, x);
+  check_shape(op, "workspace", workspace, {s.D, s.T, s.B, saved_per_unit * s.H});
+}
+
 }  // namespace fastrnn

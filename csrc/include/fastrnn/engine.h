@@ -1,0 +1,568 @@
+// The device-generic layer engine: one layer over the whole sequence (one or both directions),
+// every GEMM an ATen op (cuBLAS on CUDA), every per-step pointwise pass a functor over the
+// elements of one step, run by a Launcher policy:
+//
+//   struct Launcher {
+//     static void check_device(const char* op, const at::Tensor& x);   // the device it runs on
+//     using Guard = ...;  // constructed from x's device for the whole op (CUDA: the device guard)
+//     template <class F> static void run(int64_t n, const F& f);        // f(i) for i in [0, n)
+//   };
+//
+// The CUDA ops (csrc/cuda/) run it with a grid-stride kernel on the current stream. The CPU can
+// run it too (csrc/cpu/engine_cpu.cpp, registered as the test-only ops fastrnn_engine_test::*),
+// which is how its logic is checked on machines without a GPU (tests/test_engine.py compares it
+// with the CPU kernels in float64).
+//
+// Shapes (contiguous): x [T, B, I], w_ih [D, G*H, I], b_ih [D, G*H], h0 [D, B, P], c0 [D, B, H],
+// w_hh [D, G*H, P], b_hh [D, G*H], w_hr [D, P, H]; lengths [B] on the host, and a copy on the
+// device for the functors. Outputs y [T, B, D*P], hn [D, B, P], cn [D, B, H], workspace
+// [D, T, B, kSaved*H]: per step and row, LSTM saves i, f, g, o, c; GRU r, z, n and W_hn h + b_hn;
+// RNN nothing (its backward reads y).
+//
+// Every step multiplies all B rows (rows past their sequence's end included; their results are
+// not used), so the loop needs nothing from the host but T. Nothing is allocated inside the
+// time loops, and nothing waits for the device.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <utility>
+
+#include "fastrnn/cells.h"
+#include "fastrnn/checks.h"
+#include "fastrnn/layer_io.h"
+
+namespace fastrnn {
+namespace engine {
+
+// When each time step is processed in one direction, and which rows take part (see the CPU's StepIndex).
+struct Steps {
+  int64_t T;
+  bool reverse;
+  const int64_t* lengths;  // readable by the functors; nullptr: every sequence has length T
+  FASTRNN_HOST_DEVICE int64_t length(int64_t b) const { return lengths ? lengths[b] : T; }
+  FASTRNN_HOST_DEVICE bool active(int64_t t, int64_t b) const { return t < length(b); }
+  FASTRNN_HOST_DEVICE bool first(int64_t t, int64_t b) const { return reverse ? t == length(b) - 1 : t == 0; }
+  FASTRNN_HOST_DEVICE int64_t prev(int64_t t) const { return reverse ? t + 1 : t - 1; }
+  // The time of the k-th step in processing order.
+  FASTRNN_HOST_DEVICE int64_t time(int64_t k) const { return reverse ? T - 1 - k : k; }
+};
+
+// ---------------------------------------------------------------- forward functors
+
+// One direction at step t. Row b of this direction's y (or grad_y) is at y + b * y_stride.
+template <typename scalar_t>
+struct ForwardStep {
+  Steps steps;
+  int64_t t, H, P;
+  const scalar_t* xp;      // [B, G*H] W_ih x_t + b_ih
+  const scalar_t* hg;      // [B, G*H] h_prev @ W_hh^T (no bias)
+  const scalar_t* b_hh;    // [G*H] or nullptr
+  const scalar_t* h_prev;  // [B, P]
+  scalar_t* h_next;        // [B, P]; unused with a projection (ProjectionCommit writes it)
+  scalar_t* c;             // [B, H], updated in place (LSTM)
+  scalar_t* r;             // [B, H]: the unprojected output, with a projection; else nullptr
+  scalar_t* y;             // this direction's columns of y at step t
+  int64_t y_stride;
+  scalar_t* saved;         // [B, kSaved*H] of step t, or nullptr
+
+  // The recurrent term of gate column col (W_hh h + b_hh), and the input term (W_ih x + b_ih).
+  FASTRNN_HOST_DEVICE at::opmath_type<scalar_t> rec(int64_t b, int64_t GH, int64_t col) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    return static_cast<acc_t>(hg[b * GH + col]) + (b_hh ? static_cast<acc_t>(b_hh[col]) : acc_t(0));
+  }
+  FASTRNN_HOST_DEVICE at::opmath_type<scalar_t> in(int64_t b, int64_t GH, int64_t col) const {
+    return static_cast<at::opmath_type<scalar_t>>(xp[b * GH + col]);
+  }
+  // The new h of unit j, or r with a projection; past the sequence's end, the state carries over
+  // and y is zero.
+  FASTRNN_HOST_DEVICE void write_h(int64_t b, int64_t j, bool active, at::opmath_type<scalar_t> h) const {
+    if (r) {
+      r[b * H + j] = active ? static_cast<scalar_t>(h) : scalar_t(0);
+      return;
+    }
+    h_next[b * P + j] = active ? static_cast<scalar_t>(h) : h_prev[b * P + j];
+    y[b * y_stride + j] = active ? static_cast<scalar_t>(h) : scalar_t(0);
+  }
+};
+
+template <typename scalar_t>
+struct LstmForwardFn {
+  ForwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, GH = 4 * H, b = i / H, j = i % H;
+    const bool active = s.steps.active(s.t, b);
+    scalar_t* sv = s.saved ? s.saved + b * 5 * H : nullptr;
+    if (!active) {
+      s.write_h(b, j, false, acc_t(0));
+      for (int q = 0; sv && q < 5; ++q) sv[q * H + j] = scalar_t(0);
+      return;
+    }
+    const auto pre = [&](int q) { return s.in(b, GH, q * H + j) + s.rec(b, GH, q * H + j); };
+    const auto f = cells::lstm_forward<acc_t>(pre(0), pre(1), pre(2), pre(3), static_cast<acc_t>(s.c[b * H + j]));
+    s.c[b * H + j] = static_cast<scalar_t>(f.c);
+    s.write_h(b, j, true, f.h);
+    if (sv) {
+      const acc_t values[5] = {f.i, f.f, f.g, f.o, f.c};
+      for (int q = 0; q < 5; ++q) sv[q * H + j] = static_cast<scalar_t>(values[q]);
+    }
+  }
+};
+
+template <typename scalar_t>
+struct GruForwardFn {
+  ForwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, GH = 3 * H, b = i / H, j = i % H;
+    const bool active = s.steps.active(s.t, b);
+    scalar_t* sv = s.saved ? s.saved + b * 4 * H : nullptr;
+    if (!active) {
+      s.write_h(b, j, false, acc_t(0));
+      for (int q = 0; sv && q < 4; ++q) sv[q * H + j] = scalar_t(0);
+      return;
+    }
+    const acc_t h_n = s.rec(b, GH, 2 * H + j);
+    const auto f = cells::gru_forward<acc_t>(s.in(b, GH, j), s.in(b, GH, H + j), s.in(b, GH, 2 * H + j),
+                                             s.rec(b, GH, j), s.rec(b, GH, H + j), h_n,
+                                             static_cast<acc_t>(s.h_prev[b * s.P + j]));
+    s.write_h(b, j, true, f.h);
+    if (sv) {
+      const acc_t values[4] = {f.r, f.z, f.n, h_n};
+      for (int q = 0; q < 4; ++q) sv[q * H + j] = static_cast<scalar_t>(values[q]);
+    }
+  }
+};
+
+template <bool kRelu, typename scalar_t>
+struct RnnForwardFn {
+  ForwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, b = i / H, j = i % H;
+    const bool active = s.steps.active(s.t, b);
+    s.write_h(b, j, active, active ? cells::rnn_forward<kRelu, acc_t>(s.in(b, H, j) + s.rec(b, H, j)) : acc_t(0));
+  }
+};
+
+// With a projection: h = r @ W_hr^T (in proj, [B, P]) becomes the state and the output.
+template <typename scalar_t>
+struct ProjectionCommitFn {
+  Steps steps;
+  int64_t t, P;
+  const scalar_t* proj;    // [B, P]
+  const scalar_t* h_prev;  // [B, P]
+  scalar_t* h_next;        // [B, P]
+  scalar_t* y;
+  int64_t y_stride;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    const int64_t b = i / P, p = i % P;
+    const bool active = steps.active(t, b);
+    h_next[i] = active ? proj[i] : h_prev[i];
+    y[b * y_stride + p] = active ? proj[i] : scalar_t(0);
+  }
+};
+
+// ---------------------------------------------------------------- backward functors
+
+// One direction at step t of the reverse-time loop. dh_cur is dL/dh_t arriving from later steps
+// (without this step's own output gradient, which is in gy); the functors write the gate
+// gradients and start dh_next = dL/dh_{t-1} with what bypasses W_hh (the GEMM adds the rest).
+template <typename scalar_t>
+struct BackwardStep {
+  Steps steps;
+  int64_t t, B, H, P;
+  const scalar_t* saved;     // [T, B, kSaved*H] of this direction
+  const scalar_t* y;         // [T, B, D*P] at this direction's columns
+  const scalar_t* gy;        // grad_y, the same layout as y
+  int64_t y_stride;          // D*P
+  const scalar_t* h0;        // [B, P]
+  const scalar_t* c0;        // [B, H] (LSTM)
+  const scalar_t* dh_cur;    // [B, P]
+  const scalar_t* dr;        // [B, H]: dL/dr with a projection (dh @ W_hr), else nullptr
+  scalar_t* dh_next;         // [B, P]; with a projection ProjectionGradFn fills it
+  scalar_t* dc;              // [B, H] (LSTM), updated in place
+  scalar_t* dgx;             // [B, G*H] of step t: gradients of the input projection
+  scalar_t* dgh;             // [B, G*H] of step t: of the recurrent one (GRU; else == dgx)
+  scalar_t* r_out;           // [B, H] of step t: r recomputed for W_hr's gradient, or nullptr
+
+  FASTRNN_HOST_DEVICE const scalar_t* saved_row(int64_t time, int64_t b, int64_t width) const {
+    return saved + (time * B + b) * width;
+  }
+  // dL/dh_t of unit j (P == H: no projection).
+  FASTRNN_HOST_DEVICE at::opmath_type<scalar_t> dh(int64_t b, int64_t j) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (dr) return static_cast<acc_t>(dr[b * H + j]);
+    return static_cast<acc_t>(dh_cur[b * P + j]) + static_cast<acc_t>(gy[(t * B + b) * y_stride + j]);
+  }
+  // Past the sequence's end: no gate gradients, and dL/dh passes through untouched.
+  FASTRNN_HOST_DEVICE void inactive(int64_t b, int64_t j, int64_t G) const {
+    for (int64_t q = 0; q < G; ++q) {
+      dgx[b * G * H + q * H + j] = scalar_t(0);
+      dgh[b * G * H + q * H + j] = scalar_t(0);
+    }
+    if (!dr) dh_next[b * P + j] = dh_cur[b * P + j];
+    if (r_out) r_out[b * H + j] = scalar_t(0);
+  }
+};
+
+template <typename scalar_t>
+struct LstmBackwardFn {
+  BackwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, b = i / H, j = i % H;
+    if (!s.steps.active(s.t, b)) {
+      s.inactive(b, j, 4);
+      return;
+    }
+    const scalar_t* sv = s.saved_row(s.t, b, 5 * H);
+    const acc_t ig = sv[j], fg = sv[H + j], gg = sv[2 * H + j], og = sv[3 * H + j], c = sv[4 * H + j];
+    const acc_t c_prev = s.steps.first(s.t, b) ? static_cast<acc_t>(s.c0[b * H + j])
+                                               : static_cast<acc_t>(s.saved_row(s.steps.prev(s.t), b, 5 * H)[4 * H + j]);
+    const auto g = cells::lstm_backward<acc_t>(ig, fg, gg, og, c, c_prev, s.dh(b, j), static_cast<acc_t>(s.dc[b * H + j]));
+    scalar_t* dg = s.dgx + b * 4 * H;
+    dg[j] = static_cast<scalar_t>(g.d_i);
+    dg[H + j] = static_cast<scalar_t>(g.d_f);
+    dg[2 * H + j] = static_cast<scalar_t>(g.d_g);
+    dg[3 * H + j] = static_cast<scalar_t>(g.d_o);
+    s.dc[b * H + j] = static_cast<scalar_t>(g.d_c_prev);
+    if (!s.dr) s.dh_next[b * s.P + j] = scalar_t(0);  // LSTM's h reaches h_prev only through W_hh
+    if (s.r_out) s.r_out[b * H + j] = static_cast<scalar_t>(og * cells::tanh_(c));
+  }
+};
+
+template <typename scalar_t>
+struct GruBackwardFn {
+  BackwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, b = i / H, j = i % H;
+    if (!s.steps.active(s.t, b)) {
+      s.inactive(b, j, 3);
+      return;
+    }
+    const scalar_t* sv = s.saved_row(s.t, b, 4 * H);
+    const acc_t h_prev = s.steps.first(s.t, b)
+                             ? static_cast<acc_t>(s.h0[b * s.P + j])
+                             : static_cast<acc_t>(s.y[(s.steps.prev(s.t) * s.B + b) * s.y_stride + j]);
+    const auto g = cells::gru_backward<acc_t>(sv[j], sv[H + j], sv[2 * H + j], sv[3 * H + j], h_prev, s.dh(b, j));
+    scalar_t* dx = s.dgx + b * 3 * H;
+    scalar_t* dhg = s.dgh + b * 3 * H;
+    dx[j] = dhg[j] = static_cast<scalar_t>(g.d_r);
+    dx[H + j] = dhg[H + j] = static_cast<scalar_t>(g.d_z);
+    dx[2 * H + j] = static_cast<scalar_t>(g.d_xn);
+    dhg[2 * H + j] = static_cast<scalar_t>(g.d_hn);
+    s.dh_next[b * s.P + j] = static_cast<scalar_t>(g.d_h_prev);
+  }
+};
+
+template <bool kRelu, typename scalar_t>
+struct RnnBackwardFn {
+  BackwardStep<scalar_t> s;
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t H = s.H, b = i / H, j = i % H;
+    if (!s.steps.active(s.t, b)) {
+      s.inactive(b, j, 1);
+      return;
+    }
+    const acc_t h = s.y[(s.t * s.B + b) * s.y_stride + j];
+    s.dgx[b * H + j] = static_cast<scalar_t>(cells::rnn_backward<kRelu, acc_t>(h, s.dh(b, j)));
+    s.dh_next[b * s.P + j] = scalar_t(0);
+  }
+};
+
+// With a projection, before the cell's functor: dL/dh_t in P-space (dh_all[t], zero past the
+// end), and dh_next's start (dL/dh passes through past the end; else W_hh brings all of it).
+template <typename scalar_t>
+struct ProjectionGradFn {
+  Steps steps;
+  int64_t t, B, P;
+  const scalar_t* dh_cur;  // [B, P]
+  const scalar_t* gy;      // this direction's columns of grad_y
+  int64_t y_stride;
+  scalar_t* dh_t;          // [B, P]: dh_all[t]
+  scalar_t* dh_next;       // [B, P]
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t b = i / P, p = i % P;
+    const bool active = steps.active(t, b);
+    dh_t[i] = active ? static_cast<scalar_t>(static_cast<acc_t>(dh_cur[i]) +
+                                             static_cast<acc_t>(gy[(t * B + b) * y_stride + p]))
+                     : scalar_t(0);
+    dh_next[i] = active ? scalar_t(0) : dh_cur[i];
+  }
+};
+
+// h_prev[t, b] = the state sequence b entered step t with (h0 at its first step), zero past its
+// end: the right operand of W_hh's gradient.
+template <typename scalar_t>
+struct PrevStatesFn {
+  Steps steps;
+  int64_t B, P;
+  const scalar_t* y;  // this direction's columns
+  int64_t y_stride;
+  const scalar_t* h0;  // [B, P]
+  scalar_t* out;       // [T, B, P]
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    const int64_t t = i / (B * P), b = (i / P) % B, p = i % P;
+    out[i] = !steps.active(t, b)  ? scalar_t(0)
+             : steps.first(t, b) ? h0[b * P + p]
+                                 : y[(steps.prev(t) * B + b) * y_stride + p];
+  }
+};
+
+// ---------------------------------------------------------------- cells
+
+struct LstmCell {
+  static constexpr int64_t kGates = 4, kSaved = 5;
+  static constexpr bool kHasCellState = true, kSeparateRecurrentGrad = false;
+  template <typename s> using Forward = LstmForwardFn<s>;
+  template <typename s> using Backward = LstmBackwardFn<s>;
+};
+struct GruCell {
+  static constexpr int64_t kGates = 3, kSaved = 4;
+  static constexpr bool kHasCellState = false, kSeparateRecurrentGrad = true;
+  template <typename s> using Forward = GruForwardFn<s>;
+  template <typename s> using Backward = GruBackwardFn<s>;
+};
+template <bool kRelu>
+struct RnnCell {
+  static constexpr int64_t kGates = 1, kSaved = 0;
+  static constexpr bool kHasCellState = false, kSeparateRecurrentGrad = false;
+  template <typename s> using Forward = RnnForwardFn<kRelu, s>;
+  template <typename s> using Backward = RnnBackwardFn<kRelu, s>;
+};
+
+// ---------------------------------------------------------------- the layer
+
+// An internal buffer; NaN-filled under FASTRNN_DEBUG=1 like the outputs.
+inline at::Tensor buffer(const at::Tensor& like, at::IntArrayRef sizes) { return new_output(like, sizes); }
+
+// lengths as the functors read them: on x's device (one copy per call, before the loop).
+inline at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& x) {
+  return lengths.has_value() ? lengths->contiguous().to(x.device()) : at::Tensor();
+}
+
+template <typename Launcher, typename Cell, typename scalar_t>
+void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
+             const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+             const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+             const at::Tensor& lengths_dev, bool save, at::Tensor& y, at::Tensor& hn, at::Tensor& cn,
+             at::Tensor& saved) {
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
+  const at::Tensor x2d = x.view({T * B, I});
+  at::Tensor xp = buffer(x, {T * B, GH});
+  at::Tensor hg = buffer(x, {B, GH});
+  at::Tensor h_a = buffer(x, {B, P}), h_b = buffer(x, {B, P});
+  at::Tensor r_buf = s.proj ? buffer(x, {B, H}) : at::Tensor();
+  at::Tensor proj_buf = s.proj ? buffer(x, {B, P}) : at::Tensor();
+  const int64_t* len = lengths_dev.defined() ? lengths_dev.data_ptr<int64_t>() : nullptr;
+  for (int64_t d = 0; d < D; ++d) {
+    if (b_ih.has_value()) {
+      at::addmm_out(xp, (*b_ih)[d], x2d, w_ih[d].t());
+    } else {
+      at::mm_out(xp, x2d, w_ih[d].t());
+    }
+    h_a.copy_(h0[d]);
+    if (Cell::kHasCellState) cn[d].copy_(c0[d]);
+    at::Tensor h_cur = h_a, h_nxt = h_b;
+    const at::Tensor w_hh_t = w_hh[d].t();
+    const Steps steps{T, d == 1, len};
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = steps.time(k);
+      at::mm_out(hg, h_cur, w_hh_t);
+      ForwardStep<scalar_t> st{steps,
+                               t,
+                               H,
+                               P,
+                               xp.data_ptr<scalar_t>() + t * B * GH,
+                               hg.data_ptr<scalar_t>(),
+                               b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr,
+                               h_cur.data_ptr<scalar_t>(),
+                               h_nxt.data_ptr<scalar_t>(),
+                               Cell::kHasCellState ? cn[d].data_ptr<scalar_t>() : nullptr,
+                               s.proj ? r_buf.data_ptr<scalar_t>() : nullptr,
+                               y.data_ptr<scalar_t>() + t * B * D * P + d * P,
+                               D * P,
+                               save && Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + (d * T + t) * B * Cell::kSaved * H : nullptr};
+      Launcher::run(B * H, typename Cell::template Forward<scalar_t>{st});
+      if (s.proj) {
+        at::mm_out(proj_buf, r_buf, (*w_hr)[d].t());
+        Launcher::run(B * P, ProjectionCommitFn<scalar_t>{steps, t, P, proj_buf.data_ptr<scalar_t>(),
+                                                          h_cur.data_ptr<scalar_t>(), h_nxt.data_ptr<scalar_t>(),
+                                                          st.y, D * P});
+      }
+      std::swap(h_cur, h_nxt);
+    }
+    hn[d].copy_(h_cur);
+  }
+}
+
+template <typename Launcher, typename Cell, typename scalar_t>
+void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
+              const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& h0, const at::Tensor& c0,
+              const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_dev,
+              const at::Tensor& y, const at::Tensor& saved, at::Tensor& grad_x, at::Tensor& grad_w_ih,
+              at::Tensor& grad_b_ih, at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
+              at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
+  const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
+  const at::Tensor x2d = x.view({T * B, I});
+  at::Tensor dgx = buffer(x, {T, B, GH});
+  at::Tensor dgh = Cell::kSeparateRecurrentGrad ? buffer(x, {T, B, GH}) : dgx;
+  at::Tensor dh_a = buffer(x, {B, P}), dh_b = buffer(x, {B, P});
+  at::Tensor h_prev_all = buffer(x, {T, B, P});
+  at::Tensor dh_all = s.proj ? buffer(x, {T, B, P}) : at::Tensor();
+  at::Tensor r_all = s.proj ? buffer(x, {T, B, H}) : at::Tensor();
+  at::Tensor dr = s.proj ? buffer(x, {B, H}) : at::Tensor();
+  const int64_t* len = lengths_dev.defined() ? lengths_dev.data_ptr<int64_t>() : nullptr;
+  const at::Tensor dgx2d = dgx.view({T * B, GH}), dgh2d = dgh.view({T * B, GH});
+  for (int64_t d = 0; d < D; ++d) {
+    const Steps steps{T, d == 1, len};
+    dh_a.copy_(grad_hn[d]);
+    if (Cell::kHasCellState) grad_c0[d].copy_(grad_cn[d]);  // the running dL/dc, in place
+    at::Tensor dh_cur = dh_a, dh_nxt = dh_b;
+    const scalar_t* y_d = y.data_ptr<scalar_t>() + d * P;
+    const scalar_t* gy_d = grad_y.data_ptr<scalar_t>() + d * P;
+    for (int64_t k = T - 1; k >= 0; --k) {
+      const int64_t t = steps.time(k);
+      if (s.proj) {
+        Launcher::run(B * P, ProjectionGradFn<scalar_t>{steps, t, B, P, dh_cur.data_ptr<scalar_t>(), gy_d, D * P,
+                                                        dh_all[t].data_ptr<scalar_t>(), dh_nxt.data_ptr<scalar_t>()});
+        at::mm_out(dr, dh_all[t], (*w_hr)[d]);
+      }
+      BackwardStep<scalar_t> st{steps,
+                                t,
+                                B,
+                                H,
+                                P,
+                                Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + d * T * B * Cell::kSaved * H : nullptr,
+                                y_d,
+                                gy_d,
+                                D * P,
+                                h0[d].data_ptr<scalar_t>(),
+                                Cell::kHasCellState ? c0[d].data_ptr<scalar_t>() : nullptr,
+                                dh_cur.data_ptr<scalar_t>(),
+                                s.proj ? dr.data_ptr<scalar_t>() : nullptr,
+                                dh_nxt.data_ptr<scalar_t>(),
+                                Cell::kHasCellState ? grad_c0[d].data_ptr<scalar_t>() : nullptr,
+                                dgx[t].data_ptr<scalar_t>(),
+                                dgh[t].data_ptr<scalar_t>(),
+                                s.proj ? r_all[t].data_ptr<scalar_t>() : nullptr};
+      Launcher::run(B * H, typename Cell::template Backward<scalar_t>{st});
+      dh_nxt.addmm_(dgh[t], w_hh[d]);  // += dgates_t @ W_hh: [B, G*H] @ [G*H, P]
+      std::swap(dh_cur, dh_nxt);
+    }
+    grad_h0[d].copy_(dh_cur);
+    // What needs every step at once: the weight and bias gradients, x's gradient.
+    Launcher::run(T * B * P, PrevStatesFn<scalar_t>{steps, B, P, y_d, D * P, h0[d].data_ptr<scalar_t>(),
+                                                    h_prev_all.data_ptr<scalar_t>()});
+    at::Tensor gw_ih = grad_w_ih[d], gw_hh = grad_w_hh[d];
+    at::mm_out(gw_ih, dgx2d.t(), x2d);
+    at::mm_out(gw_hh, dgh2d.t(), h_prev_all.view({T * B, P}));
+    if (grad_b_ih.defined()) {
+      at::Tensor gb = grad_b_ih[d];
+      at::sum_out(gb, dgx2d, at::IntArrayRef{0});
+    }
+    if (grad_b_hh.defined()) {
+      at::Tensor gb = grad_b_hh[d];
+      at::sum_out(gb, dgh2d, at::IntArrayRef{0});
+    }
+    if (grad_x.defined()) {
+      at::Tensor gx = grad_x.view({T * B, I});
+      if (d == 0) {
+        at::mm_out(gx, dgx2d, w_ih[d]);
+      } else {
+        gx.addmm_(dgx2d, w_ih[d]);
+      }
+    }
+    if (s.proj) {
+      at::Tensor gw_hr = grad_w_hr[d];
+      at::mm_out(gw_hr, dh_all.view({T * B, P}).t(), r_all.view({T * B, H}));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- op entry points
+// The same contract as the CPU ops (cpu/recurrence.h layer_forward / layer_backward).
+
+template <typename Launcher, typename Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
+    const char* op, const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& b_ih_in,
+    const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
+    const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
+    const c10::optional<at::Tensor>& lengths, bool save) {
+  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const LayerSizes s =
+      check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
+  Launcher::check_device(op, x_in);
+  const typename Launcher::Guard guard(x_in.device());
+  active_rows_per_step(op, lengths, s.T, s.B);  // validates the lengths
+  const auto contiguous = [](const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+  };
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), h0 = h0_in.contiguous();
+  const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
+  const at::Tensor w_hh = w_hh_in.contiguous();
+  const at::Tensor lengths_dev = device_lengths(lengths, x);
+  at::Tensor y = new_output(x, {s.T, s.B, s.D * s.P});
+  at::Tensor hn = new_output(x, {s.D, s.B, s.P});
+  at::Tensor cn = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
+  at::Tensor saved = save ? new_output(x, {s.D, s.T, s.B, Cell::kSaved * s.H}) : new_output(x, {0});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_forward", [&] {
+    forward<Launcher, Cell, scalar_t>(s, x, w_ih, contiguous(b_ih_in), h0, c0, w_hh, contiguous(b_hh_in),
+                                      contiguous(w_hr_in), lengths_dev, save, y, hn, cn, saved);
+  });
+  return {y, hn, cn, saved};
+}
+
+template <typename Launcher, typename Cell>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& grad_hn_in, const at::Tensor* grad_cn_in,
+               const at::Tensor& x_in, const at::Tensor& w_ih_in, const c10::optional<at::Tensor>& b_ih_in,
+               const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
+               const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
+               const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in,
+               bool need_grad_x) {
+  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const LayerSizes s =
+      check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
+  Launcher::check_device(op, x_in);
+  const typename Launcher::Guard guard(x_in.device());
+  check_backward_args(op, s, Cell::kSaved, grad_y_in, grad_hn_in, grad_cn_in, x_in, y_in, saved_in);
+  active_rows_per_step(op, lengths, s.T, s.B);
+  const at::Tensor grad_y = grad_y_in.contiguous(), grad_hn = grad_hn_in.contiguous();
+  const at::Tensor grad_cn = grad_cn_in ? grad_cn_in->contiguous() : at::Tensor();
+  const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), h0 = h0_in.contiguous();
+  const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
+  const at::Tensor w_hh = w_hh_in.contiguous();
+  const c10::optional<at::Tensor> w_hr = w_hr_in ? c10::optional<at::Tensor>(w_hr_in->contiguous()) : c10::nullopt;
+  const at::Tensor y = y_in.contiguous(), saved = saved_in.contiguous();
+  const at::Tensor lengths_dev = device_lengths(lengths, x);
+  const int64_t GH = s.G * s.H;
+  at::Tensor grad_x = need_grad_x ? new_output(x, {s.T, s.B, x.size(2)}) : at::Tensor();
+  at::Tensor grad_w_ih = new_output(x, {s.D, GH, x.size(2)});
+  at::Tensor grad_b_ih = b_ih_in ? new_output(x, {s.D, GH}) : at::Tensor();
+  at::Tensor grad_h0 = new_output(x, {s.D, s.B, s.P});
+  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
+  at::Tensor grad_w_hh = new_output(x, {s.D, GH, s.P});
+  at::Tensor grad_b_hh = b_hh_in ? new_output(x, {s.D, GH}) : at::Tensor();
+  at::Tensor grad_w_hr = s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_backward", [&] {
+    backward<Launcher, Cell, scalar_t>(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_dev, y,
+                                       saved, grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0, grad_w_hh, grad_b_hh,
+                                       grad_w_hr);
+  });
+  const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
+          or_empty(grad_w_hr)};
+}
+
+}  // namespace engine
+}  // namespace fastrnn
