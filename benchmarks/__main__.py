@@ -1,4 +1,4 @@
-"""python -m benchmarks: fastrnn against torch.nn on the CPU, in float32.
+"""python -m benchmarks: fastrnn against torch.nn, on the CPU in float32 (default) or on a GPU.
 
 For every case and mode: build both models with the same weights and inputs, check that fastrnn's
 results match torch.nn's (a mismatch or an error marks the row FAILED/ERROR and it is not timed),
@@ -8,6 +8,11 @@ Exits 1 if any row failed the correctness check or raised.
     python -m benchmarks                      # all default cases, both modes
     python -m benchmarks --quick              # fewer repetitions, same cases (a few minutes on 2 cores)
     python -m benchmarks --cells lstm --modes training --repeats 30 --json out.json
+    python -m benchmarks --device cuda --grid gpu --dtype bfloat16 --cells gru   # issue 3's GPU grid, one part
+    python -m benchmarks --device cuda --grid anchor --dtype float16             # the published anchor shape
+
+On CUDA, --tf32 on|off sets both torch.backends.cudnn.allow_tf32 (what torch.nn's cuDNN RNNs follow) and
+torch.backends.cuda.matmul.allow_tf32 (ATen's matmuls) for the float32 rows; timing synchronizes the device.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ import time
 import torch
 
 from . import report
-from .configs import CELLS, DEFAULT_CELLS, MODES, Case, flops, select_cases
-from .timing import gemm_ceiling, time_pairs
+from .configs import CELLS, DEFAULT_CELLS, GRIDS, MODES, Case, flops, select_cases
+from .timing import gemm_ceiling, no_sync, time_pairs
 from .workloads import TOLERANCE, compare, make_pair
 
-DTYPE = torch.float32
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CEILING_N = 2048
 
 # Repetitions: (full run, --quick). The correctness run counts as the first warm-up run.
@@ -59,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-time", type=float, help=f"seconds per row after which no new pair starts (default "
                                                   f"{MAX_SECONDS[0]:g}, --quick {MAX_SECONDS[1]:g})")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both run (default cpu)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default float32")
+    p.add_argument("--grid", choices=tuple(GRIDS), default="cpu",
+                   help="cpu: the CPU cases (default); gpu: issue 3's GPU grid; anchor: LSTM T=1024 B=16 H=768")
+    p.add_argument("--tf32", choices=("on", "off"), help="CUDA float32 only: allow TF32 in cuDNN and matmuls")
     p.add_argument("--json", metavar="PATH", help="also write the settings and records as JSON to PATH")
     args = p.parse_args(argv)
     q = int(args.quick)
@@ -67,16 +77,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.max_time = MAX_SECONDS[q] if args.max_time is None else args.max_time
     if args.repeats < 1 or args.warmup < 1 or (args.threads is not None and args.threads < 1):
         p.error("--repeats, --warmup and --threads must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device here")
+    if args.tf32 is not None and (args.device != "cuda" or args.dtype != "float32"):
+        p.error("--tf32 applies to --device cuda --dtype float32 only")
     return args
+
+
+def _sync(device: str):
+    return torch.cuda.synchronize if device == "cuda" else no_sync
 
 
 def run_case(case: Case, mode: str, args, ceiling: float) -> dict:
     """One table row: check, then time. Returns the record (status ok, FAILED or ERROR)."""
-    record = {**case.as_dict(), "label": case.label(), "mode": mode, "dtype": str(DTYPE).removeprefix("torch."),
-              "device": "cpu", "flops": flops(case, mode), "status": "ok", "detail": ""}
-    tolerance = TOLERANCE[DTYPE]
+    dtype = DTYPES[args.dtype]
+    record = {**case.as_dict(), "label": case.label(), "mode": mode, "dtype": args.dtype, "device": args.device,
+              "tf32": args.tf32,  # as asked; None: torch's defaults "flops": flops(case, mode), "status": "ok", "detail": ""}
+    # torch.nn's cuDNN RNNs run float32 in TF32 unless told not to (cudnn.allow_tf32 is True by default).
+    tf32 = args.device == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tolerance = TOLERANCE["tf32" if tf32 else dtype]
     try:
-        ref, fast = make_pair(case, mode, dtype=DTYPE)
+        ref, fast = make_pair(case, mode, device=args.device, dtype=dtype)
         ref.reset()
         fast.reset()
         error, where = compare(ref.run(), fast.run())  # also the first warm-up run of each
@@ -84,7 +105,8 @@ def run_case(case: Case, mode: str, args, ceiling: float) -> dict:
         if not error <= tolerance:
             record.update(status="FAILED", detail=f"{where}: scaled error {error:.2e} > tolerance {tolerance:.0e}")
             return record
-        times = time_pairs(ref, fast, pairs=args.repeats, warmup=args.warmup - 1, max_seconds=args.max_time)
+        times = time_pairs(ref, fast, pairs=args.repeats, warmup=args.warmup - 1, max_seconds=args.max_time,
+                           sync=_sync(args.device))
     except Exception as e:  # reported in the table and the exit code, never hidden
         record.update(status="ERROR", detail=f"{type(e).__name__}: {e}".splitlines()[0])
         return record
@@ -103,13 +125,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
     started = time.perf_counter()
     info = report.machine_info()
-    ceiling = gemm_ceiling(CEILING_N, dtype=DTYPE)
-    ceiling_desc = f"torch.mm {CEILING_N}x{CEILING_N}x{CEILING_N}"
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    ceiling = gemm_ceiling(CEILING_N, device=args.device, dtype=DTYPES[args.dtype], sync=_sync(args.device))
+    ceiling_desc = f"torch.mm {CEILING_N}x{CEILING_N}x{CEILING_N} {args.dtype} on {args.device}"
     report.print_header(info, ceiling, ceiling_desc)
 
-    rows = [(case, mode) for case in select_cases(args.cells) for mode in args.modes]
+    rows = [(case, mode) for case in select_cases(args.cells, args.grid) for mode in args.modes]
     records = []
     for i, (case, mode) in enumerate(rows, 1):
         t0 = time.perf_counter()

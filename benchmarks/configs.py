@@ -80,5 +80,13 @@ CASES = (
 )
 
 
-def select_cases(cells) -> list[Case]:
-    return [case for case in CASES if case.cell in cells]
+# Issue 3's GPU grid: T = 100, B in {1, 8, 64, 256}, H = I in {128, 512, 1024}, for each default cell.
+GPU_CASES = tuple(Case(cell, T=100, B=B, I=H, H=H) for cell in DEFAULT_CELLS + ("rnn_relu",)
+                  for B in (1, 8, 64, 256) for H in (128, 512, 1024))
+# The published anchor shape (run in float16): cuDNN on an H100 about 2.0 ms forward, 5.2 ms training.
+ANCHOR_CASES = (Case("lstm", T=1024, B=16, I=768, H=768),)
+GRIDS = {"cpu": CASES, "gpu": GPU_CASES, "anchor": ANCHOR_CASES}
+
+
+def select_cases(cells, grid: str = "cpu") -> list[Case]:
+    return [case for case in GRIDS[grid] if case.cell in cells]
