@@ -9,17 +9,23 @@ CPU), and fail if fastrnn falls back to its reference on CUDA.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+import fastrnn
+from fastrnn import functional as fastrnn_functional
 from conftest import (
     CELL_KINDS,
     InputCase,
+    assert_low_precision_close,
     assert_results_close,
     check_layer_parity,
     init_parameters,
     layer_results,
+    make_pair,
 )
 
 pytestmark = [
@@ -27,6 +33,12 @@ pytestmark = [
     # The reference must not stand in for the CUDA kernels here.
     pytest.mark.filterwarnings("error:fastrnn. this build has no CUDA kernels:RuntimeWarning"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _cuda_kernels_run():
+    """Every test here runs the CUDA kernels, never the reference (whose warning is given once only)."""
+    assert fastrnn_functional.kernels_available(torch.device("cuda")), fastrnn.backend_info()
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +131,6 @@ def test_cuda_debug_poison(cell, monkeypatch):
 
 
 def test_cuda_kernels_are_registered():
-    import fastrnn
-
     assert fastrnn.backend_info()["cuda_kernels"], fastrnn.backend_info()
     for op in ("lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer"):
         for name in (op, op + "_backward"):
@@ -144,27 +154,57 @@ def _forward_backward(module, x):
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
 def test_cuda_graph_capture_and_replay(cell):
     """The whole forward and backward captured in a CUDA graph (no host sync, no allocation the graph
-    cannot own), replayed on new input, equals eager execution."""
+    cannot own), replayed on two new inputs, equals eager execution computed before the capture."""
     module, x = _module_and_input(cell)
+    inputs = [torch.randn_like(x), torch.randn_like(x)]
+    want = [_forward_backward(module, xi) for xi in inputs]  # eager: make_graphed_callables replaces forward
     graphed = torch.cuda.make_graphed_callables(module, (x.clone().requires_grad_(),))
-    x2 = torch.randn_like(x)
-    want = _forward_backward(module, x2)
-    x2g = x2.clone().requires_grad_()
-    out, _ = graphed(x2g)
-    got = [out.detach(), *torch.autograd.grad((out * out).sum(), [x2g, *module.parameters()])]
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    for xi, want_i in zip(inputs, want):
+        xg = xi.clone().requires_grad_()
+        out, _ = graphed(xg)
+        # The graph's static buffers are overwritten by the next replay: clone.
+        got = [out.detach().clone(), *(g.clone() for g in torch.autograd.grad((out * out).sum(),
+                                                                             [xg, *module.parameters()]))]
+        for g, w in zip(got, want_i):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_graph_capture_of_packed_input_raises_clearly():
+    module, x = _module_and_input("gru")
+    packed = pack_padded_sequence(x, torch.tensor([7, 5, 5, 2]))
+    module(packed)  # eager works
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph yet"):
+        with torch.cuda.graph(graph):
+            module(packed)
 
 
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
 def test_cuda_results_do_not_depend_on_the_stream(cell):
-    """Run on a side stream (the caller's current stream), the results equal the default stream's."""
+    """Run on a side stream (the caller's current stream) that starts late, behind a sleep kernel, the
+    results equal the default stream's: work launched on another stream would race with it."""
     module, x = _module_and_input(cell)
     want = _forward_backward(module, x)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # ~tens of ms of GPU time before the work on this stream
         got = _forward_backward(module, x)
     torch.cuda.current_stream().wait_stream(side)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)  # float32 defaults: a race would show far above them
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_low_precision_vs_torch_nn(cell, dtype):
+    """float16/bfloat16 on CUDA: fastrnn's error against float64 at most about twice torch.nn's (cuDNN)
+    own error in that dtype (conftest.assert_low_precision_close, the project's rule for half types)."""
+    kind = CELL_KINDS[cell]
+    case = CUDA_CASES[0]
+    ref64, twin64 = make_pair(kind, 5, 7, num_layers=2, bidirectional=True, dtype=torch.float64, device="cuda")
+    args = (case, kind, 2, True, 5, 7)
+    expected = layer_results(ref64, *args, dtype=torch.float64, device="cuda")
+    baseline = layer_results(copy.deepcopy(ref64).to(dtype), *args, dtype=dtype, device="cuda")
+    fast = layer_results(copy.deepcopy(twin64).to(dtype), *args, dtype=dtype, device="cuda")
+    assert_low_precision_close(fast, baseline, expected, dtype, what=f"{cell} cuda {dtype}")

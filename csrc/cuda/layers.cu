@@ -6,6 +6,7 @@
 // tested on the CPU through the same engine (tests/test_engine.py); see README for what has run
 // on a GPU.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -31,6 +32,16 @@ struct CudaLauncher {
   using Guard = c10::cuda::CUDAGuard;
   static void check_device(const char* op, const at::Tensor& x) {
     TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
+  }
+  // The host's lengths (a PackedSequence's, always on the CPU) copied to the device without making
+  // the host wait: from pinned memory, on the current stream. Not while a CUDA graph is being
+  // captured (the copy would read this call's host buffer at every replay): packed input cannot be
+  // captured yet, and says so.
+  static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor& x) {
+    TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None,
+                "fastrnn: a PackedSequence (variable lengths) cannot be captured in a CUDA graph yet; capture "
+                "padded input instead");
+    return lengths.pin_memory().to(x.device(), /*non_blocking=*/true);
   }
   template <typename F>
   static void run(int64_t n, const F& f) {

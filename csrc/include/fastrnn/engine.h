@@ -5,6 +5,7 @@
 //   struct Launcher {
 //     static void check_device(const char* op, const at::Tensor& x);   // the device it runs on
 //     using Guard = ...;  // constructed from x's device for the whole op (CUDA: the device guard)
+//     static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor& x);
 //     template <class F> static void run(int64_t n, const F& f);        // f(i) for i in [0, n)
 //   };
 //
@@ -31,6 +32,7 @@
 #include <limits>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "fastrnn/cells.h"
 #include "fastrnn/checks.h"
@@ -345,9 +347,10 @@ struct RnnCell {
 // An internal buffer; NaN-filled under FASTRNN_DEBUG=1 like the outputs.
 inline at::Tensor buffer(const at::Tensor& like, at::IntArrayRef sizes) { return new_output(like, sizes); }
 
-// lengths as the functors read them: on x's device (one copy per call, before the loop).
-inline at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& x) {
-  return lengths.has_value() ? lengths->contiguous().to(x.device()) : at::Tensor();
+// lengths as the functors read them (on CUDA: copied to x's device once per call, before the loop).
+template <typename Launcher>
+at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& x) {
+  return lengths.has_value() ? Launcher::lengths_for_functors(lengths->contiguous(), x) : at::Tensor();
 }
 
 template <typename Launcher, typename Cell, typename scalar_t>
@@ -373,7 +376,11 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
     h_a.copy_(h0[d]);
     if (Cell::kHasCellState) cn[d].copy_(c0[d]);
     at::Tensor h_cur = h_a, h_nxt = h_b;
+    // Views and pointers made once per direction: at small sizes the time loop's host cost counts.
     const at::Tensor w_hh_t = w_hh[d].t();
+    const at::Tensor w_hr_t = s.proj ? (*w_hr)[d].t() : at::Tensor();
+    const scalar_t* b_hh_d = b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr;
+    scalar_t* c_d = Cell::kHasCellState ? cn[d].data_ptr<scalar_t>() : nullptr;
     const Steps steps{T, d == 1, len};
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = steps.time(k);
@@ -384,17 +391,17 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
                                P,
                                xp.data_ptr<scalar_t>() + t * B * GH,
                                hg.data_ptr<scalar_t>(),
-                               b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr,
+                               b_hh_d,
                                h_cur.data_ptr<scalar_t>(),
                                h_nxt.data_ptr<scalar_t>(),
-                               Cell::kHasCellState ? cn[d].data_ptr<scalar_t>() : nullptr,
+                               c_d,
                                s.proj ? r_buf.data_ptr<scalar_t>() : nullptr,
                                y.data_ptr<scalar_t>() + t * B * D * P + d * P,
                                D * P,
                                save && Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + (d * T + t) * B * Cell::kSaved * H : nullptr};
       Launcher::run(B * H, typename Cell::template Forward<scalar_t>{st});
       if (s.proj) {
-        at::mm_out(proj_buf, r_buf, (*w_hr)[d].t());
+        at::mm_out(proj_buf, r_buf, w_hr_t);
         Launcher::run(B * P, ProjectionCommitFn<scalar_t>{steps, t, P, proj_buf.data_ptr<scalar_t>(),
                                                           h_cur.data_ptr<scalar_t>(), h_nxt.data_ptr<scalar_t>(),
                                                           st.y, D * P});
@@ -430,33 +437,43 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
     at::Tensor dh_cur = dh_a, dh_nxt = dh_b;
     const scalar_t* y_d = y.data_ptr<scalar_t>() + d * P;
     const scalar_t* gy_d = grad_y.data_ptr<scalar_t>() + d * P;
+    // Views made once per direction (per step they cost host time, which counts at small sizes).
+    const at::Tensor w_hh_d = w_hh[d];
+    const at::Tensor w_hr_d = s.proj ? (*w_hr)[d] : at::Tensor();
+    const std::vector<at::Tensor> dgh_steps = dgh.unbind(0);
+    const std::vector<at::Tensor> dh_all_steps = s.proj ? dh_all.unbind(0) : std::vector<at::Tensor>();
+    const scalar_t* saved_d = Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + d * T * B * Cell::kSaved * H : nullptr;
+    const scalar_t* h0_d = h0[d].data_ptr<scalar_t>();
+    const scalar_t* c0_d = Cell::kHasCellState ? c0[d].data_ptr<scalar_t>() : nullptr;
+    scalar_t* dc_d = Cell::kHasCellState ? grad_c0[d].data_ptr<scalar_t>() : nullptr;
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = steps.time(k);
       if (s.proj) {
         Launcher::run(B * P, ProjectionGradFn<scalar_t>{steps, t, B, P, dh_cur.data_ptr<scalar_t>(), gy_d, D * P,
-                                                        dh_all[t].data_ptr<scalar_t>(), dh_nxt.data_ptr<scalar_t>()});
-        at::mm_out(dr, dh_all[t], (*w_hr)[d]);
+                                                        dh_all_steps[t].data_ptr<scalar_t>(),
+                                                        dh_nxt.data_ptr<scalar_t>()});
+        at::mm_out(dr, dh_all_steps[t], w_hr_d);
       }
       BackwardStep<scalar_t> st{steps,
                                 t,
                                 B,
                                 H,
                                 P,
-                                Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + d * T * B * Cell::kSaved * H : nullptr,
+                                saved_d,
                                 y_d,
                                 gy_d,
                                 D * P,
-                                h0[d].data_ptr<scalar_t>(),
-                                Cell::kHasCellState ? c0[d].data_ptr<scalar_t>() : nullptr,
+                                h0_d,
+                                c0_d,
                                 dh_cur.data_ptr<scalar_t>(),
                                 s.proj ? dr.data_ptr<scalar_t>() : nullptr,
                                 dh_nxt.data_ptr<scalar_t>(),
-                                Cell::kHasCellState ? grad_c0[d].data_ptr<scalar_t>() : nullptr,
-                                dgx[t].data_ptr<scalar_t>(),
-                                dgh[t].data_ptr<scalar_t>(),
-                                s.proj ? r_all[t].data_ptr<scalar_t>() : nullptr};
+                                dc_d,
+                                dgx.data_ptr<scalar_t>() + t * B * GH,
+                                dgh.data_ptr<scalar_t>() + t * B * GH,
+                                s.proj ? r_all.data_ptr<scalar_t>() + t * B * H : nullptr};
       Launcher::run(B * H, typename Cell::template Backward<scalar_t>{st});
-      dh_nxt.addmm_(dgh[t], w_hh[d]);  // += dgates_t @ W_hh: [B, G*H] @ [G*H, P]
+      dh_nxt.addmm_(dgh_steps[t], w_hh_d);  // += dgates_t @ W_hh: [B, G*H] @ [G*H, P]
       std::swap(dh_cur, dh_nxt);
     }
     grad_h0[d].copy_(dh_cur);
@@ -510,7 +527,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), h0 = h0_in.contiguous();
   const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
   const at::Tensor w_hh = w_hh_in.contiguous();
-  const at::Tensor lengths_dev = device_lengths(lengths, x);
+  const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
   at::Tensor y = new_output(x, {s.T, s.B, s.D * s.P});
   at::Tensor hn = new_output(x, {s.D, s.B, s.P});
   at::Tensor cn = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
@@ -544,7 +561,7 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor w_hh = w_hh_in.contiguous();
   const c10::optional<at::Tensor> w_hr = w_hr_in ? c10::optional<at::Tensor>(w_hr_in->contiguous()) : c10::nullopt;
   const at::Tensor y = y_in.contiguous(), saved = saved_in.contiguous();
-  const at::Tensor lengths_dev = device_lengths(lengths, x);
+  const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
   const int64_t GH = s.G * s.H;
   at::Tensor grad_x = need_grad_x ? new_output(x, {s.T, s.B, x.size(2)}) : at::Tensor();
   at::Tensor grad_w_ih = new_output(x, {s.D, GH, x.size(2)});
