@@ -91,8 +91,9 @@ def _sync(device: str):
 def run_case(case: Case, mode: str, args, ceiling: float) -> dict:
     """One table row: check, then time. Returns the record (status ok, FAILED or ERROR)."""
     dtype = DTYPES[args.dtype]
+    # tf32: as asked with --tf32; None: torch's defaults.
     record = {**case.as_dict(), "label": case.label(), "mode": mode, "dtype": args.dtype, "device": args.device,
-              "tf32": args.tf32,  # as asked; None: torch's defaults "flops": flops(case, mode), "status": "ok", "detail": ""}
+              "tf32": args.tf32, "flops": flops(case, mode), "status": "ok", "detail": ""}
     # torch.nn's cuDNN RNNs run float32 in TF32 unless told not to (cudnn.allow_tf32 is True by default).
     tf32 = args.device == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     tolerance = TOLERANCE["tf32" if tf32 else dtype]
