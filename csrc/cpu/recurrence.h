@@ -878,15 +878,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const c10::optional<at::Tensor> w_hr = w_hr_in ? c10::optional<at::Tensor>(w_hr_in->contiguous()) : c10::nullopt;
   const at::Tensor lengths_c = lengths ? lengths->contiguous() : at::Tensor();
 
-  at::Tensor y = new_output(x, {s.T, s.B, s.D * s.P});
-  at::Tensor hn = new_output(x, {s.D, s.B, s.P});
-  at::Tensor cn = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor saved = save ? new_output(x, {s.D, s.T, s.B, Cell::kSaved * s.H}) : new_output(x, {0});
+  LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_layer_forward", [&] {
-    Engine<Cell, scalar_t>::forward(s, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, y,
-                                    hn, cn, saved);
+    Engine<Cell, scalar_t>::forward(s, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, out.y,
+                                    out.hn, out.cn, out.workspace);
   });
-  return {y, hn, cn, saved};
+  return out.tuple();
 }
 
 // Backward of one layer. Returns grad_x (empty [0] unless need_grad_x), grad_w_ih, grad_b_ih
@@ -920,23 +917,13 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor y = y_in.contiguous();
   const at::Tensor saved = saved_in.contiguous();
 
-  const int64_t GH = s.G * s.H;
-  at::Tensor grad_x = need_grad_x ? new_output(x, {s.T, s.B, x.size(2)}) : at::Tensor();
-  at::Tensor grad_w_ih = new_output(x, {s.D, GH, x.size(2)});
-  at::Tensor grad_b_ih = b_ih_in ? new_output(x, {s.D, GH}) : at::Tensor();
-  at::Tensor grad_h0 = new_output(x, {s.D, s.B, s.P});
-  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor grad_w_hh = new_output(x, {s.D, GH, s.P});
-  at::Tensor grad_b_hh = b_hh_in ? new_output(x, {s.D, GH}) : at::Tensor();
-  at::Tensor grad_w_hr = s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor();
+  LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_layer_backward", [&] {
     Engine<Cell, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_c,
-                                     active_rows, y, saved, grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0,
-                                     grad_w_hh, grad_b_hh, grad_w_hr);
+                                     active_rows, y, saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0,
+                                     g.grad_c0, g.grad_w_hh, g.grad_b_hh, g.grad_w_hr);
   });
-  const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
-  return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
-          or_empty(grad_w_hr)};
+  return g.tuple(x.options());
 }
 
 }  // namespace cpu

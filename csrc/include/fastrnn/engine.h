@@ -90,6 +90,11 @@ struct ForwardStep {
     h_next[b * P + j] = active ? static_cast<scalar_t>(h) : h_prev[b * P + j];
     y[b * y_stride + j] = active ? static_cast<scalar_t>(h) : scalar_t(0);
   }
+  // Past the sequence's end: the state carries over (write_h), the saved values of unit j are zero.
+  FASTRNN_HOST_DEVICE void inactive(int64_t b, int64_t j, int kSaved) const {
+    write_h(b, j, false, at::opmath_type<scalar_t>(0));
+    for (int q = 0; saved && q < kSaved; ++q) saved[b * kSaved * H + q * H + j] = scalar_t(0);
+  }
 };
 
 template <typename scalar_t>
@@ -99,12 +104,11 @@ struct LstmForwardFn {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t H = s.H, GH = 4 * H, b = i / H, j = i % H;
     const bool active = s.steps.active(s.t, b);
-    scalar_t* sv = s.saved ? s.saved + b * 5 * H : nullptr;
     if (!active) {
-      s.write_h(b, j, false, acc_t(0));
-      for (int q = 0; sv && q < 5; ++q) sv[q * H + j] = scalar_t(0);
+      s.inactive(b, j, 5);
       return;
     }
+    scalar_t* sv = s.saved ? s.saved + b * 5 * H : nullptr;
     const auto pre = [&](int q) { return s.in(b, GH, q * H + j) + s.rec(b, GH, q * H + j); };
     const auto f = cells::lstm_forward<acc_t>(pre(0), pre(1), pre(2), pre(3), static_cast<acc_t>(s.c[b * H + j]));
     s.c[b * H + j] = static_cast<scalar_t>(f.c);
@@ -123,12 +127,11 @@ struct GruForwardFn {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t H = s.H, GH = 3 * H, b = i / H, j = i % H;
     const bool active = s.steps.active(s.t, b);
-    scalar_t* sv = s.saved ? s.saved + b * 4 * H : nullptr;
     if (!active) {
-      s.write_h(b, j, false, acc_t(0));
-      for (int q = 0; sv && q < 4; ++q) sv[q * H + j] = scalar_t(0);
+      s.inactive(b, j, 4);
       return;
     }
+    scalar_t* sv = s.saved ? s.saved + b * 4 * H : nullptr;
     const acc_t h_n = s.rec(b, GH, 2 * H + j);
     const auto f = cells::gru_forward<acc_t>(s.in(b, GH, j), s.in(b, GH, H + j), s.in(b, GH, 2 * H + j),
                                              s.rec(b, GH, j), s.rec(b, GH, H + j), h_n,
@@ -528,15 +531,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const at::Tensor c0 = c0_in ? c0_in->contiguous() : at::Tensor();
   const at::Tensor w_hh = w_hh_in.contiguous();
   const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
-  at::Tensor y = new_output(x, {s.T, s.B, s.D * s.P});
-  at::Tensor hn = new_output(x, {s.D, s.B, s.P});
-  at::Tensor cn = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor saved = save ? new_output(x, {s.D, s.T, s.B, Cell::kSaved * s.H}) : new_output(x, {0});
+  LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_forward", [&] {
     forward<Launcher, Cell, scalar_t>(s, x, w_ih, contiguous(b_ih_in), h0, c0, w_hh, contiguous(b_hh_in),
-                                      contiguous(w_hr_in), lengths_dev, save, y, hn, cn, saved);
+                                      contiguous(w_hr_in), lengths_dev, save, out.y, out.hn, out.cn, out.workspace);
   });
-  return {y, hn, cn, saved};
+  return out.tuple();
 }
 
 template <typename Launcher, typename Cell>
@@ -562,23 +562,13 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const c10::optional<at::Tensor> w_hr = w_hr_in ? c10::optional<at::Tensor>(w_hr_in->contiguous()) : c10::nullopt;
   const at::Tensor y = y_in.contiguous(), saved = saved_in.contiguous();
   const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
-  const int64_t GH = s.G * s.H;
-  at::Tensor grad_x = need_grad_x ? new_output(x, {s.T, s.B, x.size(2)}) : at::Tensor();
-  at::Tensor grad_w_ih = new_output(x, {s.D, GH, x.size(2)});
-  at::Tensor grad_b_ih = b_ih_in ? new_output(x, {s.D, GH}) : at::Tensor();
-  at::Tensor grad_h0 = new_output(x, {s.D, s.B, s.P});
-  at::Tensor grad_c0 = Cell::kHasCellState ? new_output(x, {s.D, s.B, s.H}) : at::Tensor();
-  at::Tensor grad_w_hh = new_output(x, {s.D, GH, s.P});
-  at::Tensor grad_b_hh = b_hh_in ? new_output(x, {s.D, GH}) : at::Tensor();
-  at::Tensor grad_w_hr = s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor();
+  LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_backward", [&] {
     backward<Launcher, Cell, scalar_t>(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_dev, y,
-                                       saved, grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0, grad_w_hh, grad_b_hh,
-                                       grad_w_hr);
+                                       saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0, g.grad_c0, g.grad_w_hh,
+                                       g.grad_b_hh, g.grad_w_hr);
   });
-  const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
-  return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
-          or_empty(grad_w_hr)};
+  return g.tuple(x.options());
 }
 
 }  // namespace engine

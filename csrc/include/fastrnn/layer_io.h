@@ -12,6 +12,8 @@
 #include <tuple>
 #include <vector>
 
+#include "fastrnn/checks.h"
+
 namespace fastrnn {
 
 inline bool debug_poison() {
@@ -47,6 +49,47 @@ inline std::vector<int64_t> active_rows_per_step(const char* op, const c10::opti
     }
   }
   return rows;
+}
+
+// A layer op's outputs (new_output: NaN under FASTRNN_DEBUG=1): y [T, B, D*P], hn [D, B, P],
+// cn [D, B, H] (undefined without a cell state), the workspace [D, T, B, saved_per_unit*H] (empty
+// [0] unless save).
+struct LayerOutputs {
+  at::Tensor y, hn, cn, workspace;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple() const { return {y, hn, cn, workspace}; }
+};
+
+inline LayerOutputs new_layer_outputs(const at::Tensor& x, const LayerSizes& s, bool has_cell_state,
+                                      int64_t saved_per_unit, bool save) {
+  return {new_output(x, {s.T, s.B, s.D * s.P}), new_output(x, {s.D, s.B, s.P}),
+          has_cell_state ? new_output(x, {s.D, s.B, s.H}) : at::Tensor(),
+          save ? new_output(x, {s.D, s.T, s.B, saved_per_unit * s.H}) : new_output(x, {0})};
+}
+
+// A layer backward op's results; undefined where there is nothing to compute (grad_x unless
+// need_grad_x, biases absent, no cell state, no projection).
+struct LayerGrads {
+  at::Tensor grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0, grad_w_hh, grad_b_hh, grad_w_hr;
+  // As the op returns them: empty [0] for the undefined ones, but grad_c0 (the LSTM op always has it).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple(
+      const at::TensorOptions& options) const {
+    const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, options); };
+    return {or_empty(grad_x), grad_w_ih, or_empty(grad_b_ih), grad_h0, grad_c0, grad_w_hh, or_empty(grad_b_hh),
+            or_empty(grad_w_hr)};
+  }
+};
+
+inline LayerGrads new_layer_grads(const at::Tensor& x, const LayerSizes& s, bool has_b_ih, bool has_b_hh,
+                                  bool has_cell_state, bool need_grad_x) {
+  const int64_t GH = s.G * s.H, I = x.size(2);
+  return {need_grad_x ? new_output(x, {s.T, s.B, I}) : at::Tensor(),
+          new_output(x, {s.D, GH, I}),
+          has_b_ih ? new_output(x, {s.D, GH}) : at::Tensor(),
+          new_output(x, {s.D, s.B, s.P}),
+          has_cell_state ? new_output(x, {s.D, s.B, s.H}) : at::Tensor(),
+          new_output(x, {s.D, GH, s.P}),
+          has_b_hh ? new_output(x, {s.D, GH}) : at::Tensor(),
+          s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor()};
 }
 
 // layer_backward's results for the cells without a cell state (GRU, RNN): all but grad_c0 and grad_w_hr.
