@@ -14,9 +14,11 @@
 #include <torch/library.h>
 #include <torch/version.h>
 
+#include <map>
 #include <string>
 
 #include "cpu/panel_gemm.h"
+#include "fastrnn/cuda_path.h"
 #include "fastrnn/schemas.h"
 
 #ifdef FASTRNN_WITH_CUDA
@@ -49,4 +51,20 @@ PYBIND11_MODULE(_C, module) {
 #endif
     return info;
   });
+  // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
+  // included; callable without a GPU, for tests and for users asking what will run.
+  module.def(
+      "choose_cuda_path",
+      [](int64_t D, int64_t T, int64_t B, int64_t H, int64_t P, const std::string& dtype, int sm) {
+        const fastrnn::LayerSizes s{D, T, B, 0, H, P, P != H};
+        const std::map<std::string, at::ScalarType> dtypes = {
+            {"float32", at::kFloat}, {"float64", at::kDouble}, {"float16", at::kHalf}, {"bfloat16", at::kBFloat16}};
+        const auto found = dtypes.find(dtype);
+        TORCH_CHECK(found != dtypes.end(), "choose_cuda_path: dtype must be float32, float64, float16 or bfloat16 but got '",
+                    dtype, "'");
+        const at::ScalarType st = found->second;
+        return std::string(fastrnn::cuda_path_name(fastrnn::choose_cuda_path("fastrnn", s, st, sm)));
+      },
+      pybind11::arg("D"), pybind11::arg("T"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("P"),
+      pybind11::arg("dtype"), pybind11::arg("sm"));
 }

@@ -81,14 +81,25 @@ _CPU_AUTOCAST_LOWER_PRECISION = {("LSTM", False), ("RNN_TANH", False), ("RNN_REL
                                  ("RNN_RELU", True)}
 
 
-def autocast_dtype(mode: str, is_cell: bool, device: torch.device) -> torch.dtype | None:
-    """The dtype a layer (or cell) of `mode` computes in under autocast on `device`; None when autocast is
-    off there. CPU only for now: other devices keep the weights' dtype."""
-    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return None
-    if (mode, is_cell) in _CPU_AUTOCAST_LOWER_PRECISION:
-        return torch.get_autocast_dtype("cpu")
-    return torch.float32
+def autocast_dtype(mode: str, is_cell: bool, device: torch.device, input_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a layer (or cell) of `mode` computes in under autocast on `device`, as torch.nn's; None when
+    autocast is off there (or leaves this input alone)."""
+    if device.type == "cpu":
+        if not torch.is_autocast_enabled("cpu"):
+            return None
+        if (mode, is_cell) in _CPU_AUTOCAST_LOWER_PRECISION:
+            return torch.get_autocast_dtype("cpu")
+        return torch.float32
+    if device.type == "cuda":
+        if not torch.is_autocast_enabled("cuda") or input_dtype == torch.float64:  # autocast leaves float64 alone
+            return None
+        if not is_cell and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+            # torch.nn's layers run cuDNN's RNN there, whose autocast wrapper casts to float16 whatever the
+            # autocast dtype (aten/src/ATen/cudnn/AutocastRNN.cpp, kHalf). Not yet checked on a GPU.
+            return torch.float16
+        # The cells (lstm_cell, gru_cell, rnn_*_cell) and layers without cuDNN: the autocast dtype.
+        return torch.get_autocast_dtype("cuda")
+    return None
 
 
 def run_without_autocast(impl, *args):

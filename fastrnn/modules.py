@@ -156,7 +156,7 @@ class _RNNBase(nn.RNNBase):
             )
         if data.device != w0.device:
             raise RuntimeError(f"{name}: input is on {data.device} but the parameters are on {w0.device}")
-        dtype = functional.autocast_dtype(self.mode, False, data.device) or (
+        dtype = functional.autocast_dtype(self.mode, False, data.device, data.dtype) or (
             w0.dtype if torch._C._is_any_autocast_enabled() else data.dtype)
         data = data.to(dtype)
         if dtype != w0.dtype:  # under autocast: torch.nn casts its weights (and states) too
@@ -266,7 +266,7 @@ class _CellBase(nn.RNNCellBase):
         if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
             # RuntimeError, as torch.nn's cells raise for this (unlike its RNN/LSTM/GRU: ValueError).
             raise RuntimeError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
-        x = x.to(functional.autocast_dtype(self._mode, True, x.device) or w.dtype)
+        x = x.to(functional.autocast_dtype(self._mode, True, x.device, x.dtype) or w.dtype)
         if x.size(1) != self.input_size:
             raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         if x.device != w.device:

@@ -208,3 +208,108 @@ def test_cuda_low_precision_vs_torch_nn(cell, dtype):
     baseline = layer_results(copy.deepcopy(ref64).to(dtype), *args, dtype=dtype, device="cuda")
     fast = layer_results(copy.deepcopy(twin64).to(dtype), *args, dtype=dtype, device="cuda")
     assert_low_precision_close(fast, baseline, expected, dtype, what=f"{cell} cuda {dtype}")
+
+
+# ----------------------------------------------------------------------------- TF32, autocast, paths
+
+def _tf32_problem(cell):
+    """Sizes where cuBLAS runs float32 GEMMs on tensor cores when TF32 is allowed (K and N >= 128)."""
+    kind = CELL_KINDS[cell]
+    ref64, twin64 = make_pair(kind, 128, 128, num_layers=1, bidirectional=True, dtype=torch.float64, device="cuda")
+    torch.manual_seed(1)
+    x64 = torch.randn(6, 64, 128, dtype=torch.float64, device="cuda")
+    want = ref64(x64)[0]
+    return kind, ref64, twin64, x64, want
+
+
+def _max_error(module64, x64, want):
+    out = copy.deepcopy(module64).float()(x64.float())[0]
+    return (out.double() - want).abs().max().item()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_cuda_float32_follows_cudnn_tf32_flag(cell):
+    """fastrnn's float32 GEMMs follow torch.backends.cudnn.allow_tf32, as torch.nn's cuDNN RNNs do (not
+    ATen's cuda.matmul flag, which stays off here): with it on, both compute in TF32 (errors ~1e-4..1e-3,
+    fastrnn's at most twice torch.nn's plus a TF32 ulp); with it off, both in IEEE float32 (errors ~1e-6).
+    ATen's matmul precision is as it was after the calls."""
+    kind, ref64, twin64, x64, want = _tf32_problem(cell)
+    matmul_before = torch.backends.cuda.matmul.fp32_precision
+    errors = {}
+    for flag in (True, False):
+        torch.backends.cudnn.allow_tf32 = flag
+        errors[flag] = _max_error(twin64, x64, want), _max_error(ref64, x64, want)
+        assert torch.backends.cuda.matmul.fp32_precision == matmul_before
+    (fast_on, torch_on), (fast_off, torch_off) = errors[True], errors[False]
+    scale = max(1.0, want.abs().max().item())
+    assert fast_off <= 2 * torch_off + 1e-6 * scale, errors
+    assert fast_on <= 2 * torch_on + 2.0 ** -10 * scale, errors
+    # TF32 keeps 10 mantissa bits, IEEE float32 23: on these sizes its error is orders of magnitude larger.
+    assert fast_on > 10 * fast_off, f"the cudnn flag on did not change fastrnn's float32 precision: {errors}"
+
+
+_AUTOCAST_CUDA_CASES = [("lstm", 3), ("gru", 3), ("rnn_tanh", 3), ("lstm", 2), ("gru", 2), ("rnn_tanh", 2)]
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("cell,dims", _AUTOCAST_CUDA_CASES, ids=[f"{c}-{'layer' if d == 3 else 'cell'}"
+                                                                   for c, d in _AUTOCAST_CUDA_CASES])
+def test_cuda_autocast_matches_torch_nn(cell, dims, autocast_dtype):
+    """Under torch.autocast("cuda"), float32 modules return torch.nn's dtype (layers: float16, what cuDNN's
+    autocast wrapper casts to whatever the autocast dtype; cells: the autocast dtype), and fastrnn's error
+    against the same computation in float64 (from the same rounded weights and input) is at most twice
+    torch.nn's, by the project's low-precision rule; gradients flow back in float32."""
+    kind = CELL_KINDS[cell]
+    torch.manual_seed(0)
+    if dims == 3:
+        ref = kind.torch_cls(16, 32, **dict(kind.kwargs)).cuda()
+        twin = kind.fastrnn_cls(16, 32, **dict(kind.kwargs)).cuda()
+        x = torch.randn(5, 4, 16, device="cuda")
+    else:
+        cell_cls = {"lstm": (torch.nn.LSTMCell, fastrnn.LSTMCell), "gru": (torch.nn.GRUCell, fastrnn.GRUCell),
+                    "rnn_tanh": (torch.nn.RNNCell, fastrnn.RNNCell)}[cell]
+        ref, twin = cell_cls[0](16, 32).cuda(), cell_cls[1](16, 32).cuda()
+        x = torch.randn(4, 16, device="cuda")
+    twin.load_state_dict(ref.state_dict())
+
+    def run(module):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=autocast_dtype):
+            out = module(xi)
+        first = out[0] if isinstance(out, tuple) else out
+        first.float().sum().backward()
+        return first, xi.grad
+
+    (out_ref, grad_ref), (out_twin, grad_twin) = run(ref), run(twin)
+    assert out_twin.dtype == out_ref.dtype, (out_twin.dtype, out_ref.dtype)
+    assert grad_twin.dtype == grad_ref.dtype == torch.float32
+    computed = out_ref.dtype  # what torch.nn computed in: round weights and input to it for the float64 oracle
+    ref64 = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p in ref64.parameters():
+            p.copy_(p.to(computed))
+    ref64 = ref64.double()
+    out64 = ref64(x.to(computed).double())
+    out64 = out64[0] if isinstance(out64, tuple) else out64
+    assert_low_precision_close({"out": out_twin}, {"out": out_ref}, {"out": out64}, computed,
+                               what=f"{cell} autocast {autocast_dtype}")
+
+
+@pytest.mark.parametrize("cell", list(CELL_KINDS))
+def test_cuda_double_backward_raises(cell):
+    module, x = _module_and_input(cell)
+    x.requires_grad_()
+    out, _ = module(x)
+    (g,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* not supported"):
+        g.sum().backward()
+
+
+def test_cuda_path_env_is_honoured(monkeypatch):
+    """FASTRNN_CUDA_PATH reaches every CUDA call: a bad value is a clear error there, a valid one runs."""
+    module, x = _module_and_input("lstm")
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", "stepwise")
+    module(x)
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", "fastest")
+    with pytest.raises(RuntimeError, match="FASTRNN_CUDA_PATH must be one of auto, stepwise .* got 'fastest'"):
+        module(x)

@@ -14,9 +14,9 @@ namespace {
 
 struct CpuLauncher {
   struct Guard {
-    explicit Guard(const at::Device&) {}
+    explicit Guard(const at::Tensor&) {}
   };
-  static void check_device(const char* op, const at::Tensor& x) {
+  static void check_call(const char* op, const LayerSizes&, const at::Tensor& x) {
     TORCH_CHECK(x.device().is_cpu(), op, ": the CPU engine got x on ", x.device());
   }
   static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor&) { return lengths; }

@@ -1,11 +1,13 @@
 // The CUDA ops: the device-generic engine (fastrnn/engine.h) with cuBLAS GEMMs through ATen and
 // each per-step pointwise pass one grid-stride kernel on the caller's current stream.
 //
-// This is the first CUDA path (issue 3): correct-first, one GEMM and one pointwise launch per
-// step (two more per step with a projection), both directions one after the other. Its logic is
+// This is the "stepwise" path (fastrnn/cuda_path.h chooses it per call): per step one GEMM and
+// one pointwise launch for both directions together (two more with a projection). Its logic is
 // tested on the CPU through the same engine (tests/test_engine.py); see README for what has run
 // on a GPU.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,7 +15,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <mutex>
 
+#include "fastrnn/cuda_path.h"
 #include "fastrnn/engine_ops.h"
 
 namespace fastrnn {
@@ -28,10 +32,56 @@ __global__ void pointwise_kernel(F f, int64_t n) {
   }
 }
 
+// torch.nn's cuDNN RNNs compute float32 in TF32 when torch.backends.cudnn's RNN flag allows it
+// (allowTF32CuDNN(RNN): cudnn.allow_tf32, True by default), while ATen's cuBLAS GEMMs follow the
+// CUDA matmul precision (torch.backends.cuda.matmul, IEEE by default). So that a drop-in computes
+// in the precision torch.nn did, a float32 call sets the CUDA matmul precision to the RNN flag's
+// while it enqueues its GEMMs (ATen reads it per GEMM, on the host), and restores it after.
+// That precision is process-wide: the mutex keeps concurrent fastrnn calls from interleaving
+// their set and restore, but another thread's own float32 matmul issued during a fastrnn call
+// would see it (README: CUDA, TF32).
+class RnnMatmulPrecision {
+ public:
+  explicit RnnMatmulPrecision(const at::Tensor& x) {
+    if (x.scalar_type() != at::kFloat) return;
+    auto& ctx = at::globalContext();
+    lock_ = std::unique_lock<std::mutex>(mutex());
+    const bool want_tf32 = ctx.allowTF32CuDNN(at::Float32Op::RNN);
+    saved_ = ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+    if ((saved_ == at::Float32Precision::TF32) == want_tf32) return;
+    ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
+                            want_tf32 ? at::Float32Precision::TF32 : at::Float32Precision::IEEE);
+    changed_ = true;
+  }
+  ~RnnMatmulPrecision() {
+    if (changed_) at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, saved_);
+  }
+  RnnMatmulPrecision(const RnnMatmulPrecision&) = delete;
+  RnnMatmulPrecision& operator=(const RnnMatmulPrecision&) = delete;
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  std::unique_lock<std::mutex> lock_;
+  at::Float32Precision saved_ = at::Float32Precision::NONE;
+  bool changed_ = false;
+};
+
 struct CudaLauncher {
-  using Guard = c10::cuda::CUDAGuard;
-  static void check_device(const char* op, const at::Tensor& x) {
+  struct Guard {
+    explicit Guard(const at::Tensor& x) : device(x.device()), precision(x) {}
+    c10::cuda::CUDAGuard device;
+    RnnMatmulPrecision precision;
+  };
+  static void check_call(const char* op, const LayerSizes& s, const at::Tensor& x) {
     TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
+    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
+    const CudaPath path = choose_cuda_path(op, s, x.scalar_type(), 10 * prop->major + prop->minor);
+    // The engine is the stepwise path, the only one so far; another path will run instead of it here.
+    TORCH_INTERNAL_ASSERT(path == CudaPath::kStepwise, op, ": no implementation for CUDA path ",
+                          cuda_path_name(path));
   }
   // The host's lengths (a PackedSequence's, always on the CPU) copied to the device without making
   // the host wait: from pinned memory, on the current stream. Not while a CUDA graph is being

@@ -3,8 +3,10 @@
 // elements of one step, run by a Launcher policy:
 //
 //   struct Launcher {
-//     static void check_device(const char* op, const at::Tensor& x);   // the device it runs on
-//     using Guard = ...;  // constructed from x's device for the whole op (CUDA: the device guard)
+//     // The device it runs on; on CUDA also the path chosen for the call (fastrnn/cuda_path.h).
+//     static void check_call(const char* op, const LayerSizes& s, const at::Tensor& x);
+//     using Guard = ...;  // constructed from x for the whole op (CUDA: the device guard, and
+//                         // float32 GEMMs in the precision of torch.nn's cuDNN RNNs)
 //     static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor& x);
 //     template <class F> static void run(int64_t n, const F& f);        // f(i) for i in [0, n)
 //   };
@@ -20,9 +22,12 @@
 // [D, T, B, kSaved*H]: per step and row, LSTM saves i, f, g, o, c; GRU r, z, n and W_hn h + b_hn;
 // RNN nothing (its backward reads y).
 //
-// Every step multiplies all B rows (rows past their sequence's end included; their results are
-// not used), so the loop needs nothing from the host but T. Nothing is allocated inside the
-// time loops, and nothing waits for the device.
+// Both directions of a bidirectional layer run at once: at processing step k the forward
+// direction is at time k and the reverse one at T-1-k, and each step's GEMMs are batched over
+// the direction dimension (bmm over [D, ...]) and its pointwise pass is one launch over both
+// (PerDirection). Every step multiplies all B rows (rows past their sequence's end included;
+// their results are not used), so the loop needs nothing from the host but T. Nothing is
+// allocated inside the time loops, and nothing waits for the device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -54,6 +59,21 @@ struct Steps {
   FASTRNN_HOST_DEVICE int64_t time(int64_t k) const { return reverse ? T - 1 - k : k; }
 };
 
+// One launch for both directions: elements [0, n) go to dir[0], [n, 2n) to dir[1] (with one
+// direction only dir[0] is used).
+template <typename F>
+struct PerDirection {
+  F dir[2];
+  int64_t n;  // elements per direction
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+    if (i < n) {
+      dir[0](i);
+    } else {
+      dir[1](i - n);
+    }
+  }
+};
+
 // ---------------------------------------------------------------- forward functors
 
 // One direction at step t. Row b of this direction's y (or grad_y) is at y + b * y_stride.
@@ -61,7 +81,8 @@ template <typename scalar_t>
 struct ForwardStep {
   Steps steps;
   int64_t t, H, P;
-  const scalar_t* xp;      // [B, G*H] W_ih x_t + b_ih
+  const scalar_t* xp;      // W_ih x_t + b_ih: this direction's G*H columns of row b at xp + b * xp_stride
+  int64_t xp_stride;
   const scalar_t* hg;      // [B, G*H] h_prev @ W_hh^T (no bias)
   const scalar_t* b_hh;    // [G*H] or nullptr
   const scalar_t* h_prev;  // [B, P]
@@ -78,7 +99,7 @@ struct ForwardStep {
     return static_cast<acc_t>(hg[b * GH + col]) + (b_hh ? static_cast<acc_t>(b_hh[col]) : acc_t(0));
   }
   FASTRNN_HOST_DEVICE at::opmath_type<scalar_t> in(int64_t b, int64_t GH, int64_t col) const {
-    return static_cast<at::opmath_type<scalar_t>>(xp[b * GH + col]);
+    return static_cast<at::opmath_type<scalar_t>>(xp[b * xp_stride + col]);
   }
   // The new h of unit j, or r with a projection; past the sequence's end, the state carries over
   // and y is zero.
@@ -192,8 +213,10 @@ struct BackwardStep {
   const scalar_t* dr;        // [B, H]: dL/dr with a projection (dh @ W_hr), else nullptr
   scalar_t* dh_next;         // [B, P]; with a projection ProjectionGradFn fills it
   scalar_t* dc;              // [B, H] (LSTM), updated in place
-  scalar_t* dgx;             // [B, G*H] of step t: gradients of the input projection
-  scalar_t* dgh;             // [B, G*H] of step t: of the recurrent one (GRU; else == dgx)
+  scalar_t* dgx;             // gradients of the input projection at step t: row b at dgx + b * dgx_stride
+  int64_t dgx_stride;
+  scalar_t* dgh;             // [B, G*H]: of the recurrent one (GRU's differ; other cells write the same values)
+  bool dgh_is_dgx;           // one buffer: written once
   scalar_t* r_out;           // [B, H] of step t: r recomputed for W_hr's gradient, or nullptr
 
   FASTRNN_HOST_DEVICE const scalar_t* saved_row(int64_t time, int64_t b, int64_t width) const {
@@ -205,12 +228,15 @@ struct BackwardStep {
     if (dr) return static_cast<acc_t>(dr[b * H + j]);
     return static_cast<acc_t>(dh_cur[b * P + j]) + static_cast<acc_t>(gy[(t * B + b) * y_stride + j]);
   }
+  // Gate q's gradient of unit j: d_in for the input projection, d_rec for the recurrent one.
+  FASTRNN_HOST_DEVICE void write_gate(int64_t b, int64_t G, int64_t q, int64_t j, at::opmath_type<scalar_t> d_in,
+                                      at::opmath_type<scalar_t> d_rec) const {
+    dgx[b * dgx_stride + q * H + j] = static_cast<scalar_t>(d_in);
+    if (!dgh_is_dgx) dgh[b * G * H + q * H + j] = static_cast<scalar_t>(d_rec);
+  }
   // Past the sequence's end: no gate gradients, and dL/dh passes through untouched.
   FASTRNN_HOST_DEVICE void inactive(int64_t b, int64_t j, int64_t G) const {
-    for (int64_t q = 0; q < G; ++q) {
-      dgx[b * G * H + q * H + j] = scalar_t(0);
-      dgh[b * G * H + q * H + j] = scalar_t(0);
-    }
+    for (int64_t q = 0; q < G; ++q) write_gate(b, G, q, j, 0, 0);
     if (!dr) dh_next[b * P + j] = dh_cur[b * P + j];
     if (r_out) r_out[b * H + j] = scalar_t(0);
   }
@@ -231,11 +257,8 @@ struct LstmBackwardFn {
     const acc_t c_prev = s.steps.first(s.t, b) ? static_cast<acc_t>(s.c0[b * H + j])
                                                : static_cast<acc_t>(s.saved_row(s.steps.prev(s.t), b, 5 * H)[4 * H + j]);
     const auto g = cells::lstm_backward<acc_t>(ig, fg, gg, og, c, c_prev, s.dh(b, j), static_cast<acc_t>(s.dc[b * H + j]));
-    scalar_t* dg = s.dgx + b * 4 * H;
-    dg[j] = static_cast<scalar_t>(g.d_i);
-    dg[H + j] = static_cast<scalar_t>(g.d_f);
-    dg[2 * H + j] = static_cast<scalar_t>(g.d_g);
-    dg[3 * H + j] = static_cast<scalar_t>(g.d_o);
+    const acc_t dgates[4] = {g.d_i, g.d_f, g.d_g, g.d_o};
+    for (int q = 0; q < 4; ++q) s.write_gate(b, 4, q, j, dgates[q], dgates[q]);
     s.dc[b * H + j] = static_cast<scalar_t>(g.d_c_prev);
     if (!s.dr) s.dh_next[b * s.P + j] = scalar_t(0);  // LSTM's h reaches h_prev only through W_hh
     if (s.r_out) s.r_out[b * H + j] = static_cast<scalar_t>(og * cells::tanh_(c));
@@ -257,12 +280,9 @@ struct GruBackwardFn {
                              ? static_cast<acc_t>(s.h0[b * s.P + j])
                              : static_cast<acc_t>(s.y[(s.steps.prev(s.t) * s.B + b) * s.y_stride + j]);
     const auto g = cells::gru_backward<acc_t>(sv[j], sv[H + j], sv[2 * H + j], sv[3 * H + j], h_prev, s.dh(b, j));
-    scalar_t* dx = s.dgx + b * 3 * H;
-    scalar_t* dhg = s.dgh + b * 3 * H;
-    dx[j] = dhg[j] = static_cast<scalar_t>(g.d_r);
-    dx[H + j] = dhg[H + j] = static_cast<scalar_t>(g.d_z);
-    dx[2 * H + j] = static_cast<scalar_t>(g.d_xn);
-    dhg[2 * H + j] = static_cast<scalar_t>(g.d_hn);
+    s.write_gate(b, 3, 0, j, g.d_r, g.d_r);
+    s.write_gate(b, 3, 1, j, g.d_z, g.d_z);
+    s.write_gate(b, 3, 2, j, g.d_xn, g.d_hn);
     s.dh_next[b * s.P + j] = static_cast<scalar_t>(g.d_h_prev);
   }
 };
@@ -278,7 +298,8 @@ struct RnnBackwardFn {
       return;
     }
     const acc_t h = s.y[(s.t * s.B + b) * s.y_stride + j];
-    s.dgx[b * H + j] = static_cast<scalar_t>(cells::rnn_backward<kRelu, acc_t>(h, s.dh(b, j)));
+    const acc_t d = cells::rnn_backward<kRelu, acc_t>(h, s.dh(b, j));
+    s.write_gate(b, 1, 0, j, d, d);
     s.dh_next[b * s.P + j] = scalar_t(0);
   }
 };
@@ -305,8 +326,9 @@ struct ProjectionGradFn {
   }
 };
 
-// h_prev[t, b] = the state sequence b entered step t with (h0 at its first step), zero past its
-// end: the right operand of W_hh's gradient.
+// out[k, b] = the state sequence b entered its k-th processed step with (time t = steps.time(k);
+// h0 at its first step), zero past its end: the right operand of W_hh's gradient, in the order
+// of the recurrent gate gradients (dgh).
 template <typename scalar_t>
 struct PrevStatesFn {
   Steps steps;
@@ -314,9 +336,9 @@ struct PrevStatesFn {
   const scalar_t* y;  // this direction's columns
   int64_t y_stride;
   const scalar_t* h0;  // [B, P]
-  scalar_t* out;       // [T, B, P]
+  scalar_t* out;       // [T, B, P] in processing order
   FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t t = i / (B * P), b = (i / P) % B, p = i % P;
+    const int64_t t = steps.time(i / (B * P)), b = (i / P) % B, p = i % P;
     out[i] = !steps.active(t, b)  ? scalar_t(0)
              : steps.first(t, b) ? h0[b * P + p]
                                  : y[(steps.prev(t) * B + b) * y_stride + p];
@@ -356,6 +378,12 @@ at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Te
   return lengths.has_value() ? Launcher::lengths_for_functors(lengths->contiguous(), x) : at::Tensor();
 }
 
+// A pointer's offset for direction d, as a per-direction functor's base.
+template <typename scalar_t>
+scalar_t* at_offset(const at::Tensor& t, int64_t offset) {
+  return t.defined() ? t.data_ptr<scalar_t>() + offset : nullptr;
+}
+
 template <typename Launcher, typename Cell, typename scalar_t>
 void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
              const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
@@ -363,56 +391,63 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
              const at::Tensor& lengths_dev, bool save, at::Tensor& y, at::Tensor& hn, at::Tensor& cn,
              at::Tensor& saved) {
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
-  const at::Tensor x2d = x.view({T * B, I});
-  at::Tensor xp = buffer(x, {T * B, GH});
-  at::Tensor hg = buffer(x, {B, GH});
-  at::Tensor h_a = buffer(x, {B, P}), h_b = buffer(x, {B, P});
-  at::Tensor r_buf = s.proj ? buffer(x, {B, H}) : at::Tensor();
-  at::Tensor proj_buf = s.proj ? buffer(x, {B, P}) : at::Tensor();
+  // Both directions' input projections in one GEMM: xp [T*B, D*G*H], direction d in columns d*G*H...
+  at::Tensor xp = buffer(x, {T * B, D * GH});
+  if (b_ih.has_value()) {
+    at::addmm_out(xp, b_ih->view({D * GH}), x.view({T * B, I}), w_ih.view({D * GH, I}).t());
+  } else {
+    at::mm_out(xp, x.view({T * B, I}), w_ih.view({D * GH, I}).t());
+  }
+  at::Tensor hg = buffer(x, {D, B, GH});
+  at::Tensor h_cur = buffer(x, {D, B, P}), h_nxt = buffer(x, {D, B, P});
+  h_cur.copy_(h0);
+  if (Cell::kHasCellState) cn.copy_(c0);
+  at::Tensor r_buf = s.proj ? buffer(x, {D, B, H}) : at::Tensor();
+  at::Tensor proj_buf = s.proj ? buffer(x, {D, B, P}) : at::Tensor();
+  // Views made once (at small sizes the time loop's host cost counts).
+  const at::Tensor w_hh_t = w_hh.transpose(1, 2);                            // [D, P, G*H]
+  const at::Tensor w_hr_t = s.proj ? w_hr->transpose(1, 2) : at::Tensor();  // [D, H, P]
+  const at::Tensor b_hh_all = b_hh.has_value() ? *b_hh : at::Tensor();
   const int64_t* len = lengths_dev.defined() ? lengths_dev.data_ptr<int64_t>() : nullptr;
-  for (int64_t d = 0; d < D; ++d) {
-    if (b_ih.has_value()) {
-      at::addmm_out(xp, (*b_ih)[d], x2d, w_ih[d].t());
-    } else {
-      at::mm_out(xp, x2d, w_ih[d].t());
-    }
-    h_a.copy_(h0[d]);
-    if (Cell::kHasCellState) cn[d].copy_(c0[d]);
-    at::Tensor h_cur = h_a, h_nxt = h_b;
-    // Views and pointers made once per direction: at small sizes the time loop's host cost counts.
-    const at::Tensor w_hh_t = w_hh[d].t();
-    const at::Tensor w_hr_t = s.proj ? (*w_hr)[d].t() : at::Tensor();
-    const scalar_t* b_hh_d = b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr;
-    scalar_t* c_d = Cell::kHasCellState ? cn[d].data_ptr<scalar_t>() : nullptr;
-    const Steps steps{T, d == 1, len};
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = steps.time(k);
-      at::mm_out(hg, h_cur, w_hh_t);
-      ForwardStep<scalar_t> st{steps,
+  const Steps steps[2] = {{T, false, len}, {T, true, len}};
+  using Forward = typename Cell::template Forward<scalar_t>;
+  for (int64_t k = 0; k < T; ++k) {
+    at::bmm_out(hg, h_cur, w_hh_t);  // [D, B, P] @ [D, P, G*H], both directions
+    PerDirection<Forward> cell{};
+    PerDirection<ProjectionCommitFn<scalar_t>> commit{};
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t dd = d < D ? d : 0;  // with one direction, dir[1] repeats dir[0] (and is not run)
+      const int64_t t = steps[dd].time(k);
+      ForwardStep<scalar_t> st{steps[dd],
                                t,
                                H,
                                P,
-                               xp.data_ptr<scalar_t>() + t * B * GH,
-                               hg.data_ptr<scalar_t>(),
-                               b_hh_d,
-                               h_cur.data_ptr<scalar_t>(),
-                               h_nxt.data_ptr<scalar_t>(),
-                               c_d,
-                               s.proj ? r_buf.data_ptr<scalar_t>() : nullptr,
-                               y.data_ptr<scalar_t>() + t * B * D * P + d * P,
+                               xp.data_ptr<scalar_t>() + t * B * D * GH + dd * GH,
+                               D * GH,
+                               hg.data_ptr<scalar_t>() + dd * B * GH,
+                               at_offset<scalar_t>(b_hh_all, dd * GH),
+                               h_cur.data_ptr<scalar_t>() + dd * B * P,
+                               h_nxt.data_ptr<scalar_t>() + dd * B * P,
+                               Cell::kHasCellState ? cn.data_ptr<scalar_t>() + dd * B * H : nullptr,
+                               at_offset<scalar_t>(r_buf, dd * B * H),
+                               y.data_ptr<scalar_t>() + t * B * D * P + dd * P,
                                D * P,
-                               save && Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + (d * T + t) * B * Cell::kSaved * H : nullptr};
-      Launcher::run(B * H, typename Cell::template Forward<scalar_t>{st});
-      if (s.proj) {
-        at::mm_out(proj_buf, r_buf, w_hr_t);
-        Launcher::run(B * P, ProjectionCommitFn<scalar_t>{steps, t, P, proj_buf.data_ptr<scalar_t>(),
-                                                          h_cur.data_ptr<scalar_t>(), h_nxt.data_ptr<scalar_t>(),
-                                                          st.y, D * P});
-      }
-      std::swap(h_cur, h_nxt);
+                               save && Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + (dd * T + t) * B * Cell::kSaved * H
+                                                        : nullptr};
+      cell.dir[d] = Forward{st};
+      commit.dir[d] = ProjectionCommitFn<scalar_t>{steps[dd], t, P, at_offset<scalar_t>(proj_buf, dd * B * P),
+                                                   st.h_prev, st.h_next, st.y, D * P};
     }
-    hn[d].copy_(h_cur);
+    cell.n = B * H;
+    Launcher::run(D * B * H, cell);
+    if (s.proj) {
+      at::bmm_out(proj_buf, r_buf, w_hr_t);  // [D, B, H] @ [D, H, P]
+      commit.n = B * P;
+      Launcher::run(D * B * P, commit);
+    }
+    std::swap(h_cur, h_nxt);
   }
+  hn.copy_(h_cur);
 }
 
 template <typename Launcher, typename Cell, typename scalar_t>
@@ -423,89 +458,102 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
               at::Tensor& grad_b_ih, at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
               at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
-  const at::Tensor x2d = x.view({T * B, I});
-  at::Tensor dgx = buffer(x, {T, B, GH});
-  at::Tensor dgh = Cell::kSeparateRecurrentGrad ? buffer(x, {T, B, GH}) : dgx;
-  at::Tensor dh_a = buffer(x, {B, P}), dh_b = buffer(x, {B, P});
-  at::Tensor h_prev_all = buffer(x, {T, B, P});
-  at::Tensor dh_all = s.proj ? buffer(x, {T, B, P}) : at::Tensor();
-  at::Tensor r_all = s.proj ? buffer(x, {T, B, H}) : at::Tensor();
-  at::Tensor dr = s.proj ? buffer(x, {B, H}) : at::Tensor();
+  // The input projection's gate gradients in time order, both directions side by side (the
+  // layout of the forward's xp): [T*B, D*G*H], so that W_ih's and x's gradients are one GEMM each.
+  at::Tensor dgx = buffer(x, {T * B, D * GH});
+  // The recurrent ones in processing order (index k: time k forward, T-1-k reverse), so that both
+  // directions' step k is one strided batch [D, B, G*H]. With one direction and a cell whose two
+  // gradients agree, that is dgx itself.
+  const bool dgh_is_dgx = D == 1 && !Cell::kSeparateRecurrentGrad;
+  at::Tensor dgh = dgh_is_dgx ? dgx.view({1, T, B, GH}) : buffer(x, {D, T, B, GH});
+  at::Tensor dh_cur = buffer(x, {D, B, P}), dh_nxt = buffer(x, {D, B, P});
+  dh_cur.copy_(grad_hn);
+  if (Cell::kHasCellState) grad_c0.copy_(grad_cn);  // the running dL/dc, in place
+  at::Tensor h_prev_all = buffer(x, {D, T, B, P});                           // processing order
+  at::Tensor dh_all = s.proj ? buffer(x, {D, T, B, P}) : at::Tensor();       // processing order
+  at::Tensor r_all = s.proj ? buffer(x, {D, T, B, H}) : at::Tensor();        // processing order
+  at::Tensor dr = s.proj ? buffer(x, {D, B, H}) : at::Tensor();
   const int64_t* len = lengths_dev.defined() ? lengths_dev.data_ptr<int64_t>() : nullptr;
-  const at::Tensor dgx2d = dgx.view({T * B, GH}), dgh2d = dgh.view({T * B, GH});
-  for (int64_t d = 0; d < D; ++d) {
-    const Steps steps{T, d == 1, len};
-    dh_a.copy_(grad_hn[d]);
-    if (Cell::kHasCellState) grad_c0[d].copy_(grad_cn[d]);  // the running dL/dc, in place
-    at::Tensor dh_cur = dh_a, dh_nxt = dh_b;
-    const scalar_t* y_d = y.data_ptr<scalar_t>() + d * P;
-    const scalar_t* gy_d = grad_y.data_ptr<scalar_t>() + d * P;
-    // Views made once per direction (per step they cost host time, which counts at small sizes).
-    const at::Tensor w_hh_d = w_hh[d];
-    const at::Tensor w_hr_d = s.proj ? (*w_hr)[d] : at::Tensor();
-    const std::vector<at::Tensor> dgh_steps = dgh.unbind(0);
-    const std::vector<at::Tensor> dh_all_steps = s.proj ? dh_all.unbind(0) : std::vector<at::Tensor>();
-    const scalar_t* saved_d = Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + d * T * B * Cell::kSaved * H : nullptr;
-    const scalar_t* h0_d = h0[d].data_ptr<scalar_t>();
-    const scalar_t* c0_d = Cell::kHasCellState ? c0[d].data_ptr<scalar_t>() : nullptr;
-    scalar_t* dc_d = Cell::kHasCellState ? grad_c0[d].data_ptr<scalar_t>() : nullptr;
-    for (int64_t k = T - 1; k >= 0; --k) {
-      const int64_t t = steps.time(k);
-      if (s.proj) {
-        Launcher::run(B * P, ProjectionGradFn<scalar_t>{steps, t, B, P, dh_cur.data_ptr<scalar_t>(), gy_d, D * P,
-                                                        dh_all_steps[t].data_ptr<scalar_t>(),
-                                                        dh_nxt.data_ptr<scalar_t>()});
-        at::mm_out(dr, dh_all_steps[t], w_hr_d);
-      }
-      BackwardStep<scalar_t> st{steps,
+  const Steps steps[2] = {{T, false, len}, {T, true, len}};
+  // Per-step views made once (per step they cost host time, which counts at small sizes).
+  const std::vector<at::Tensor> dgh_steps = dgh.unbind(1);                                      // [D, B, G*H]
+  const std::vector<at::Tensor> dh_all_steps = s.proj ? dh_all.unbind(1) : std::vector<at::Tensor>();  // [D, B, P]
+  using Backward = typename Cell::template Backward<scalar_t>;
+  for (int64_t k = T - 1; k >= 0; --k) {
+    PerDirection<ProjectionGradFn<scalar_t>> proj_grad{};
+    PerDirection<Backward> cell{};
+    for (int64_t d = 0; d < 2; ++d) {
+      const int64_t dd = d < D ? d : 0;  // with one direction, dir[1] repeats dir[0] (and is not run)
+      const int64_t t = steps[dd].time(k);
+      const scalar_t* gy_d = grad_y.data_ptr<scalar_t>() + dd * P;
+      proj_grad.dir[d] = ProjectionGradFn<scalar_t>{steps[dd],
+                                                    t,
+                                                    B,
+                                                    P,
+                                                    dh_cur.data_ptr<scalar_t>() + dd * B * P,
+                                                    gy_d,
+                                                    D * P,
+                                                    at_offset<scalar_t>(dh_all, (dd * T + k) * B * P),
+                                                    dh_nxt.data_ptr<scalar_t>() + dd * B * P};
+      BackwardStep<scalar_t> st{steps[dd],
                                 t,
                                 B,
                                 H,
                                 P,
-                                saved_d,
-                                y_d,
+                                Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() + dd * T * B * Cell::kSaved * H : nullptr,
+                                y.data_ptr<scalar_t>() + dd * P,
                                 gy_d,
                                 D * P,
-                                h0_d,
-                                c0_d,
-                                dh_cur.data_ptr<scalar_t>(),
-                                s.proj ? dr.data_ptr<scalar_t>() : nullptr,
-                                dh_nxt.data_ptr<scalar_t>(),
-                                dc_d,
-                                dgx.data_ptr<scalar_t>() + t * B * GH,
-                                dgh.data_ptr<scalar_t>() + t * B * GH,
-                                s.proj ? r_all.data_ptr<scalar_t>() + t * B * H : nullptr};
-      Launcher::run(B * H, typename Cell::template Backward<scalar_t>{st});
-      dh_nxt.addmm_(dgh_steps[t], w_hh_d);  // += dgates_t @ W_hh: [B, G*H] @ [G*H, P]
-      std::swap(dh_cur, dh_nxt);
-    }
-    grad_h0[d].copy_(dh_cur);
-    // What needs every step at once: the weight and bias gradients, x's gradient.
-    Launcher::run(T * B * P, PrevStatesFn<scalar_t>{steps, B, P, y_d, D * P, h0[d].data_ptr<scalar_t>(),
-                                                    h_prev_all.data_ptr<scalar_t>()});
-    at::Tensor gw_ih = grad_w_ih[d], gw_hh = grad_w_hh[d];
-    at::mm_out(gw_ih, dgx2d.t(), x2d);
-    at::mm_out(gw_hh, dgh2d.t(), h_prev_all.view({T * B, P}));
-    if (grad_b_ih.defined()) {
-      at::Tensor gb = grad_b_ih[d];
-      at::sum_out(gb, dgx2d, at::IntArrayRef{0});
-    }
-    if (grad_b_hh.defined()) {
-      at::Tensor gb = grad_b_hh[d];
-      at::sum_out(gb, dgh2d, at::IntArrayRef{0});
-    }
-    if (grad_x.defined()) {
-      at::Tensor gx = grad_x.view({T * B, I});
-      if (d == 0) {
-        at::mm_out(gx, dgx2d, w_ih[d]);
-      } else {
-        gx.addmm_(dgx2d, w_ih[d]);
-      }
+                                h0.data_ptr<scalar_t>() + dd * B * P,
+                                Cell::kHasCellState ? c0.data_ptr<scalar_t>() + dd * B * H : nullptr,
+                                dh_cur.data_ptr<scalar_t>() + dd * B * P,
+                                at_offset<scalar_t>(dr, dd * B * H),
+                                dh_nxt.data_ptr<scalar_t>() + dd * B * P,
+                                Cell::kHasCellState ? grad_c0.data_ptr<scalar_t>() + dd * B * H : nullptr,
+                                dgx.data_ptr<scalar_t>() + t * B * D * GH + dd * GH,
+                                D * GH,
+                                dgh.data_ptr<scalar_t>() + (dd * T + k) * B * GH,
+                                dgh_is_dgx,
+                                at_offset<scalar_t>(r_all, (dd * T + k) * B * H)};
+      cell.dir[d] = Backward{st};
     }
     if (s.proj) {
-      at::Tensor gw_hr = grad_w_hr[d];
-      at::mm_out(gw_hr, dh_all.view({T * B, P}).t(), r_all.view({T * B, H}));
+      proj_grad.n = B * P;
+      Launcher::run(D * B * P, proj_grad);
+      at::bmm_out(dr, dh_all_steps[k], *w_hr);  // [D, B, P] @ [D, P, H]
     }
+    cell.n = B * H;
+    Launcher::run(D * B * H, cell);
+    dh_nxt.baddbmm_(dgh_steps[k], w_hh);  // += dgates_k @ W_hh: [D, B, G*H] @ [D, G*H, P]
+    std::swap(dh_cur, dh_nxt);
+  }
+  grad_h0.copy_(dh_cur);
+  // What needs every step at once: the weight and bias gradients, x's gradient.
+  PerDirection<PrevStatesFn<scalar_t>> prev{};
+  for (int64_t d = 0; d < 2; ++d) {
+    const int64_t dd = d < D ? d : 0;
+    prev.dir[d] = PrevStatesFn<scalar_t>{steps[dd], B, P, y.data_ptr<scalar_t>() + dd * P, D * P,
+                                         h0.data_ptr<scalar_t>() + dd * B * P,
+                                         h_prev_all.data_ptr<scalar_t>() + dd * T * B * P};
+  }
+  prev.n = T * B * P;
+  Launcher::run(D * T * B * P, prev);
+  const at::Tensor x2d = x.view({T * B, I});
+  at::Tensor gw_ih = grad_w_ih.view({D * GH, I});
+  at::mm_out(gw_ih, dgx.t(), x2d);
+  const at::Tensor dgh3d = dgh.view({D, T * B, GH});
+  at::bmm_out(grad_w_hh, dgh3d.transpose(1, 2), h_prev_all.view({D, T * B, P}));
+  if (grad_b_ih.defined()) {
+    at::Tensor gb = grad_b_ih.view({D * GH});
+    at::sum_out(gb, dgx, at::IntArrayRef{0});
+  }
+  if (grad_b_hh.defined()) at::sum_out(grad_b_hh, dgh3d, at::IntArrayRef{1});
+  if (grad_x.defined()) {
+    at::Tensor gx = grad_x.view({T * B, I});
+    at::mm_out(gx, dgx, w_ih.view({D * GH, I}));  // both directions' contributions summed by the GEMM
+  }
+  if (s.proj) {
+    at::bmm_out(grad_w_hr, dh_all.view({D, T * B, P}).transpose(1, 2), r_all.view({D, T * B, H}));
   }
 }
 
@@ -521,8 +569,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
-  Launcher::check_device(op, x_in);
-  const typename Launcher::Guard guard(x_in.device());
+  Launcher::check_call(op, s, x_in);
+  const typename Launcher::Guard guard(x_in);
   active_rows_per_step(op, lengths, s.T, s.B);  // validates the lengths
   const auto contiguous = [](const c10::optional<at::Tensor>& t) {
     return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
@@ -550,8 +598,8 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
-  Launcher::check_device(op, x_in);
-  const typename Launcher::Guard guard(x_in.device());
+  Launcher::check_call(op, s, x_in);
+  const typename Launcher::Guard guard(x_in);
   check_backward_args(op, s, Cell::kSaved, grad_y_in, grad_hn_in, grad_cn_in, x_in, y_in, saved_in);
   active_rows_per_step(op, lengths, s.T, s.B);
   const at::Tensor grad_y = grad_y_in.contiguous(), grad_hn = grad_hn_in.contiguous();
