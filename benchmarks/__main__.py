@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="default float32")
     p.add_argument("--grid", choices=tuple(GRIDS), default="cpu",
                    help="cpu: the CPU cases (default); gpu: issue 3's GPU grid; anchor: LSTM T=1024 B=16 H=768")
-    p.add_argument("--tf32", choices=("on", "off"), help="CUDA float32 only: allow TF32 in cuDNN and matmuls")
+    p.add_argument("--tf32", choices=("on", "off"),
+                   help="CUDA float32 only: torch.backends.cudnn.allow_tf32, which torch.nn and fastrnn follow")
     p.add_argument("--json", metavar="PATH", help="also write the settings and records as JSON to PATH")
     args = p.parse_args(argv)
     q = int(args.quick)

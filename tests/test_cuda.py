@@ -243,9 +243,10 @@ def test_cuda_float32_follows_cudnn_tf32_flag(cell):
     (fast_on, torch_on), (fast_off, torch_off) = errors[True], errors[False]
     scale = max(1.0, want.abs().max().item())
     assert fast_off <= 2 * torch_off + 1e-6 * scale, errors
-    assert fast_on <= 2 * torch_on + 2.0 ** -10 * scale, errors
     # TF32 keeps 10 mantissa bits, IEEE float32 23: on these sizes its error is orders of magnitude larger.
     assert fast_on > 10 * fast_off, f"the cudnn flag on did not change fastrnn's float32 precision: {errors}"
+    if torch_on > 10 * torch_off:  # cuDNN chose TF32 kernels at this shape: then fastrnn at most about as far off
+        assert fast_on <= 2 * torch_on + 2.0 ** -10 * scale, errors
 
 
 _AUTOCAST_CUDA_CASES = [("lstm", 3), ("gru", 3), ("rnn_tanh", 3), ("lstm", 2), ("gru", 2), ("rnn_tanh", 2)]

@@ -36,25 +36,48 @@ __global__ void pointwise_kernel(F f, int64_t n) {
 // (allowTF32CuDNN(RNN): cudnn.allow_tf32, True by default), while ATen's cuBLAS GEMMs follow the
 // CUDA matmul precision (torch.backends.cuda.matmul, IEEE by default). So that a drop-in computes
 // in the precision torch.nn did, a float32 call sets the CUDA matmul precision to the RNN flag's
-// while it enqueues its GEMMs (ATen reads it per GEMM, on the host), and restores it after.
-// That precision is process-wide: the mutex keeps concurrent fastrnn calls from interleaving
-// their set and restore, but another thread's own float32 matmul issued during a fastrnn call
-// would see it (README: CUDA, TF32).
+// while it enqueues its GEMMs (ATen reads it per GEMM, on the host), and restores it after. With
+// cuDNN disabled, torch.nn's layers run on ATen's matmuls too: nothing to change.
+//
+// It sets torch's legacy setting (float32_matmul_precision) and the per-backend one together, so
+// that readers of either (torch.backends.cuda.matmul.allow_tf32, TunableOp) see a consistent pair
+// during the call, and restores both: the legacy one as it was, the per-backend one as it was or,
+// when it was inheriting its value from torch.backends.cuda's, inheriting again. Where the user's own
+// settings already mix the two APIs (torch then refuses to report the legacy one), only the
+// per-backend one is changed. This state is process-wide: the mutex keeps concurrent fastrnn calls
+// from interleaving their set and restore, but another thread's own float32 matmul issued during a
+// fastrnn call would see it (README: CUDA, TF32).
 class RnnMatmulPrecision {
  public:
   explicit RnnMatmulPrecision(const at::Tensor& x) {
     if (x.scalar_type() != at::kFloat) return;
     auto& ctx = at::globalContext();
+    if (!ctx.userEnabledCuDNN()) return;
     lock_ = std::unique_lock<std::mutex>(mutex());
     const bool want_tf32 = ctx.allowTF32CuDNN(at::Float32Op::RNN);
     saved_ = ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
     if ((saved_ == at::Float32Precision::TF32) == want_tf32) return;
-    ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
-                            want_tf32 ? at::Float32Precision::TF32 : at::Float32Precision::IEEE);
+    inherited_ = saved_ == ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::ALL);
+    try {
+      saved_legacy_ = ctx.float32MatmulPrecision();
+      has_legacy_ = true;
+    } catch (const c10::Error&) {
+      // torch refuses to report the legacy setting when the user mixed the two APIs: leave it alone.
+    }
     changed_ = true;
+    if (has_legacy_) {
+      ctx.setFloat32MatmulPrecision(want_tf32 ? "high" : "highest");  // sets the per-backend one too
+    } else {
+      ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
+                              want_tf32 ? at::Float32Precision::TF32 : at::Float32Precision::IEEE);
+    }
   }
   ~RnnMatmulPrecision() {
-    if (changed_) at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, saved_);
+    if (!changed_) return;
+    auto& ctx = at::globalContext();
+    if (has_legacy_) ctx.setFloat32MatmulPrecision(legacy_name(saved_legacy_));
+    ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
+                            inherited_ ? at::Float32Precision::NONE : saved_);
   }
   RnnMatmulPrecision(const RnnMatmulPrecision&) = delete;
   RnnMatmulPrecision& operator=(const RnnMatmulPrecision&) = delete;
@@ -64,9 +87,21 @@ class RnnMatmulPrecision {
     static std::mutex m;
     return m;
   }
+  static const char* legacy_name(at::Float32MatmulPrecision p) {
+    switch (p) {
+      case at::Float32MatmulPrecision::HIGHEST:
+        return "highest";
+      case at::Float32MatmulPrecision::HIGH:
+        return "high";
+      case at::Float32MatmulPrecision::MEDIUM:
+        return "medium";
+    }
+    return "highest";
+  }
   std::unique_lock<std::mutex> lock_;
   at::Float32Precision saved_ = at::Float32Precision::NONE;
-  bool changed_ = false;
+  at::Float32MatmulPrecision saved_legacy_ = at::Float32MatmulPrecision::HIGHEST;
+  bool inherited_ = false, has_legacy_ = false, changed_ = false;
 };
 
 struct CudaLauncher {

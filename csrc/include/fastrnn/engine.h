@@ -326,9 +326,9 @@ struct ProjectionGradFn {
   }
 };
 
-// out[k, b] = the state sequence b entered its k-th processed step with (time t = steps.time(k);
-// h0 at its first step), zero past its end: the right operand of W_hh's gradient, in the order
-// of the recurrent gate gradients (dgh).
+// out[k, b] = the state sequence b entered step t with (h0 at its first step), zero past its end:
+// the right operand of W_hh's gradient, in the order of the gate gradients it multiplies: by
+// processing position (t = steps.time(k)) or by time (t = k).
 template <typename scalar_t>
 struct PrevStatesFn {
   Steps steps;
@@ -336,9 +336,10 @@ struct PrevStatesFn {
   const scalar_t* y;  // this direction's columns
   int64_t y_stride;
   const scalar_t* h0;  // [B, P]
-  scalar_t* out;       // [T, B, P] in processing order
+  scalar_t* out;       // [T, B, P]
+  bool processing_order;
   FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t t = steps.time(i / (B * P)), b = (i / P) % B, p = i % P;
+    const int64_t k = i / (B * P), t = processing_order ? steps.time(k) : k, b = (i / P) % B, p = i % P;
     out[i] = !steps.active(t, b)  ? scalar_t(0)
              : steps.first(t, b) ? h0[b * P + p]
                                  : y[(steps.prev(t) * B + b) * y_stride + p];
@@ -461,15 +462,18 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
   // The input projection's gate gradients in time order, both directions side by side (the
   // layout of the forward's xp): [T*B, D*G*H], so that W_ih's and x's gradients are one GEMM each.
   at::Tensor dgx = buffer(x, {T * B, D * GH});
-  // The recurrent ones in processing order (index k: time k forward, T-1-k reverse), so that both
-  // directions' step k is one strided batch [D, B, G*H]. With one direction and a cell whose two
-  // gradients agree, that is dgx itself.
+  // The recurrent ones, which the step's GEMM reads for both directions as one strided batch
+  // [D, B, G*H]: where they differ from dgx (GRU), all steps in processing order (index k: time k
+  // forward, T-1-k reverse), for W_hh's gradient too; where they agree, with one direction dgx
+  // itself (processing order is time order), with two a per-step buffer (W_hh's gradient then
+  // reads dgx, and the previous states by time).
   const bool dgh_is_dgx = D == 1 && !Cell::kSeparateRecurrentGrad;
-  at::Tensor dgh = dgh_is_dgx ? dgx.view({1, T, B, GH}) : buffer(x, {D, T, B, GH});
+  const bool dgh_per_step = D == 2 && !Cell::kSeparateRecurrentGrad;
+  at::Tensor dgh = dgh_is_dgx ? dgx.view({1, T, B, GH}) : buffer(x, {D, dgh_per_step ? 1 : T, B, GH});
   at::Tensor dh_cur = buffer(x, {D, B, P}), dh_nxt = buffer(x, {D, B, P});
   dh_cur.copy_(grad_hn);
   if (Cell::kHasCellState) grad_c0.copy_(grad_cn);  // the running dL/dc, in place
-  at::Tensor h_prev_all = buffer(x, {D, T, B, P});                           // processing order
+  at::Tensor h_prev_all = buffer(x, {D, T, B, P});                           // in dgh's order
   at::Tensor dh_all = s.proj ? buffer(x, {D, T, B, P}) : at::Tensor();       // processing order
   at::Tensor r_all = s.proj ? buffer(x, {D, T, B, H}) : at::Tensor();        // processing order
   at::Tensor dr = s.proj ? buffer(x, {D, B, H}) : at::Tensor();
@@ -512,7 +516,7 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
                                 Cell::kHasCellState ? grad_c0.data_ptr<scalar_t>() + dd * B * H : nullptr,
                                 dgx.data_ptr<scalar_t>() + t * B * D * GH + dd * GH,
                                 D * GH,
-                                dgh.data_ptr<scalar_t>() + (dd * T + k) * B * GH,
+                                dgh.data_ptr<scalar_t>() + (dd * dgh.size(1) + (dgh_per_step ? 0 : k)) * B * GH,
                                 dgh_is_dgx,
                                 at_offset<scalar_t>(r_all, (dd * T + k) * B * H)};
       cell.dir[d] = Backward{st};
@@ -524,7 +528,7 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
     }
     cell.n = B * H;
     Launcher::run(D * B * H, cell);
-    dh_nxt.baddbmm_(dgh_steps[k], w_hh);  // += dgates_k @ W_hh: [D, B, G*H] @ [D, G*H, P]
+    dh_nxt.baddbmm_(dgh_steps[dgh_per_step ? 0 : k], w_hh);  // += dgates_k @ W_hh: [D, B, G*H] @ [D, G*H, P]
     std::swap(dh_cur, dh_nxt);
   }
   grad_h0.copy_(dh_cur);
@@ -534,14 +538,16 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
     const int64_t dd = d < D ? d : 0;
     prev.dir[d] = PrevStatesFn<scalar_t>{steps[dd], B, P, y.data_ptr<scalar_t>() + dd * P, D * P,
                                          h0.data_ptr<scalar_t>() + dd * B * P,
-                                         h_prev_all.data_ptr<scalar_t>() + dd * T * B * P};
+                                         h_prev_all.data_ptr<scalar_t>() + dd * T * B * P, !dgh_per_step};
   }
   prev.n = T * B * P;
   Launcher::run(D * T * B * P, prev);
   const at::Tensor x2d = x.view({T * B, I});
   at::Tensor gw_ih = grad_w_ih.view({D * GH, I});
   at::mm_out(gw_ih, dgx.t(), x2d);
-  const at::Tensor dgh3d = dgh.view({D, T * B, GH});
+  // [D, T*B, G*H]: the recurrent gate gradients of all steps (with a per-step dgh: dgx's columns of each
+  // direction, a strided view)
+  const at::Tensor dgh3d = dgh_per_step ? dgx.view({T * B, D, GH}).transpose(0, 1) : dgh.view({D, T * B, GH});
   at::bmm_out(grad_w_hh, dgh3d.transpose(1, 2), h_prev_all.view({D, T * B, P}));
   if (grad_b_ih.defined()) {
     at::Tensor gb = grad_b_ih.view({D * GH});
