@@ -8,8 +8,9 @@
 # runs with TF32 allowed (torch's cuDNN default) and not (IEEE fp32), each for both implementations.
 # Each stage writes its own files into OUT_DIR as it finishes (so a call cut off by a time limit keeps
 # what it did) and appends one line to OUT_DIR/status.txt; run the stages over several calls if one
-# call has too little time (build and tests first). Benchmark parts are one cell and one dtype each:
-# OUT_DIR/bench-<grid>-<dtype>[-tf32<on|off>]-<cell>.json (records), .md (table), .log (progress).
+# call has too little time (build and tests first). Benchmark parts are one cell and one dtype each,
+# fastrnn against torch.nn: OUT_DIR/bench-<grid>-<dtype>[-tf32<on|off>]-<cell>/ (results.json,
+# speedup.png), and .md (table), .log (progress) beside it.
 # Environment: PART_TIMEOUT (seconds per benchmark part, default 240), MAX_JOBS (build jobs, default 16).
 set -u
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR [STAGE ...]}
@@ -27,8 +28,8 @@ bench_part() {  # bench_part NAME ARGS...: one benchmark run, bounded by PART_TI
   local name=$1
   shift
   local t0=$SECONDS
-  timeout "$part_timeout" python -m benchmarks --device cuda --repeats 10 --max-time 5 --json "$out/$name.json" \
-    "$@" > "$out/$name.md" 2> "$out/$name.log"
+  timeout "$part_timeout" python -m benchmarks --device cuda --compare fastrnn,torch --lm-steps 0 --repeats 10 \
+    --max-time 5 --out "$out/$name" "$@" > "$out/$name.md" 2> "$out/$name.log"
   note "$name: exit $? in $((SECONDS - t0)) s"
 }
 
@@ -56,17 +57,17 @@ for stage in $stages; do
       note "tests: exit $? in $((SECONDS - t0)) s; $(tail -1 "$out/tests.log")"
       ;;
     bench-bfloat16)
-      for cell in lstm gru rnn_tanh; do bench_part "bench-gpu-bfloat16-$cell" --grid gpu --dtype bfloat16 --cells "$cell"; done
+      for cell in lstm gru rnn_tanh; do bench_part "bench-gpu-bfloat16-$cell" --grid gpu --dtypes bfloat16 --cells "$cell"; done
       ;;
     bench-float32)
       for tf32 in on off; do
         for cell in lstm gru rnn_tanh; do
-          bench_part "bench-gpu-float32-tf32$tf32-$cell" --grid gpu --dtype float32 --tf32 "$tf32" --cells "$cell"
+          bench_part "bench-gpu-float32-tf32$tf32-$cell" --grid gpu --dtypes float32 --tf32 "$tf32" --cells "$cell"
         done
       done
       ;;
     anchor)
-      bench_part "bench-anchor-float16-lstm" --grid anchor --dtype float16 --cells lstm
+      bench_part "bench-anchor-float16-lstm" --grid anchor --dtypes float16 --cells lstm
       ;;
     *)
       note "unknown stage $stage (build, tests, bench-bfloat16, bench-float32, anchor)"

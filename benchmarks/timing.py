@@ -1,8 +1,8 @@
-"""The timing loop (alternating pairs) and the machine's GEMM ceiling.
+"""The timing loop (implementations alternated round by round), the two clocks, and the GEMM ceiling.
 
-Every figure is wall-clock time from time.perf_counter around one `run()`. `sync` is called
-before starting and before stopping the clock: a no-op on the CPU; a device synchronize
-for asynchronous devices.
+On the CPU every figure is wall-clock time from time.perf_counter around one `run()`. On a GPU it is
+the time between two CUDA events recorded on the current stream around one `run()` (the host then
+waits for the second), so queued work from before is not counted.
 """
 
 from __future__ import annotations
@@ -14,62 +14,74 @@ from dataclasses import dataclass
 
 import torch
 
-# Fewest timed pairs per row, whatever the time budget: one with each implementation first.
-MIN_PAIRS = 2
+# Fewest timed rounds per case, whatever the time budget: every implementation first once, for two.
+MIN_ROUNDS = 2
 
 
 def no_sync() -> None:
     pass
 
 
+def cpu_clock(run) -> float:
+    """Seconds of one run() by time.perf_counter."""
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def cuda_clock(run) -> float:
+    """Seconds of one run() between CUDA events on the current stream."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 @dataclass
-class PairTimes:
-    """Seconds of each run, index i of both lists being pair i."""
+class RoundTimes:
+    """Seconds of each run by implementation; index i of every list is round i."""
 
-    first: list[float]
-    second: list[float]
-
-    @property
-    def median_first(self) -> float:
-        return statistics.median(self.first)
+    times: dict[str, list[float]]
 
     @property
-    def median_second(self) -> float:
-        return statistics.median(self.second)
+    def rounds(self) -> int:
+        return len(next(iter(self.times.values())))
 
-    @property
-    def median_ratio(self) -> float:
-        """Median over pairs of first/second: >1 means `second` was faster."""
-        return statistics.median(a / b for a, b in zip(self.first, self.second))
+    def median(self, impl: str) -> float:
+        return statistics.median(self.times[impl])
+
+    def median_ratio(self, baseline: str, impl: str) -> float:
+        """Median over rounds of baseline / impl: >1 means `impl` was faster."""
+        return statistics.median(a / b for a, b in zip(self.times[baseline], self.times[impl]))
 
 
-def time_pairs(first, second, *, pairs: int, warmup: int, max_seconds: float | None = None,
-               sync=no_sync) -> PairTimes:
-    """Times `first` and `second` (objects with reset() and run()) in alternation.
+def time_rounds(workloads: dict, *, rounds: int, warmup: int, max_seconds: float | None = None,
+                clock=cpu_clock) -> RoundTimes:
+    """Times the workloads (objects with reset() and run()) in alternation.
 
-    `warmup` untimed runs of each, then up to `pairs` timed pairs: pair i runs first-then-second for
-    even i and second-then-first for odd i, so that drift in the machine's speed (other load,
-    frequency, caches) falls on both alike. No new pair starts once `max_seconds` have passed since
-    the first timed run, as long as MIN_PAIRS pairs are done. reset() runs outside the clock.
+    `warmup` untimed runs of each, then up to `rounds` timed rounds, each running every workload once:
+    round i starts at the i-th implementation (a rotation), so that drift in the machine's speed (other
+    load, frequency, caches) falls on all alike and none always runs first. No new round starts once
+    `max_seconds` have passed since the first timed run, as long as MIN_ROUNDS are done. reset() runs
+    outside the clock.
     """
+    names = list(workloads)
     for _ in range(warmup):
-        for w in (first, second):
-            w.reset()
-            w.run()
+        for name in names:
+            workloads[name].reset()
+            workloads[name].run()
     gc.collect()
-    times = PairTimes([], [])
+    times = RoundTimes({name: [] for name in names})
     start = time.perf_counter()
-    for i in range(pairs):
-        if i >= MIN_PAIRS and max_seconds is not None and time.perf_counter() - start > max_seconds:
+    for i in range(rounds):
+        if i >= MIN_ROUNDS and max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
-        order = ((first, times.first), (second, times.second))
-        for w, out in order if i % 2 == 0 else reversed(order):
-            w.reset()
-            sync()
-            t0 = time.perf_counter()
-            w.run()
-            sync()
-            out.append(time.perf_counter() - t0)
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            workloads[name].reset()
+            times.times[name].append(clock(workloads[name].run))
     return times
 
 
