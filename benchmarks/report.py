@@ -156,6 +156,7 @@ def plot_speedups(path: str, records: list[dict], title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     modes = list(dict.fromkeys(r["mode"] for r in records))
     impls = [i for i in dict.fromkeys(r["impl"] for r in records) if i != "torch"]
@@ -177,8 +178,12 @@ def plot_speedups(path: str, records: list[dict], title: str) -> None:
                     ax.bar(pos, r["speedup_vs_torch"], width, color=f"C{k}", label=impl if x == 0 else None)
         ax.axhline(1.0, color="black", linewidth=1)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yticks([v for v in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16) if _in_range(rows, v)])
         ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([_short(label) for label, _ in cases], fontsize=7)
+        ax.set_xticklabels([_short(label) + ("" if len(_dtypes(rows)) == 1 else f"\n{dtype}")
+                            for label, dtype in cases], fontsize=7)
         ax.set_ylabel("speedup vs torch.nn")
         ax.set_title(f"{title}: {mode}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
@@ -192,7 +197,17 @@ def _case_count(records: list[dict]) -> int:
 
 
 def _short(label: str) -> str:
-    """'LSTM T=100 B=64 I=512 H=512 bidir' -> two lines: the cell, then the sizes."""
-    cell, _, rest = label.partition(" ")
-    return f"{cell}\n{rest}"
+    """'LSTM T=100 B=64 I=512 H=512 bidir' -> three lines: the cell, T and B, the rest."""
+    words = label.split()
+    return "\n".join((words[0], " ".join(words[1:3]), " ".join(words[3:])))
+
+
+def _dtypes(rows: list[dict]) -> set:
+    return {r["dtype"] for r in rows}
+
+
+def _in_range(rows: list[dict], value: float) -> bool:
+    """Whether a tick at `value` falls within the plotted speedups (1 always does)."""
+    speedups = [r["speedup_vs_torch"] for r in rows if r["speedup_vs_torch"]] + [1.0]
+    return min(speedups) / 1.5 <= value <= max(speedups) * 1.5
 
