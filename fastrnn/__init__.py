@@ -15,12 +15,31 @@ import torch
 
 from . import functional, reference
 
-__version__ = "0.1.0"
+try:
+    from . import _build  # written by setup.py: what this build is for
+except ImportError:  # a source checkout that was never built
+    _build = None
+
+__version__ = _build.VERSION if _build is not None else "0.1.0"
+
+
+def _running_torch_minor() -> str:
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+# The compiled extension only works with the torch minor version it was compiled against (the C++ ABI
+# changes between releases): loading it under another gives undefined symbols or worse. Say so instead.
+if _build is not None and _running_torch_minor() != _build.TORCH_MINOR:
+    raise ImportError(
+        f"fastrnn {__version__} was built for torch {_build.TORCH_MINOR} (compiled against {_build.TORCH_VERSION}), "
+        f"but torch {torch.__version__} is installed. Install the fastrnn wheel built for torch "
+        f"{_running_torch_minor()}, or rebuild from source against this torch: "
+        "pip install --no-build-isolation --no-deps <fastrnn source>")
 
 try:
     from . import _C  # noqa: F401  (registers the ops and their CPU/CUDA kernels)
     from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
-except (ImportError, OSError, RuntimeError) as _error:  # a missing or mismatched build
+except (ImportError, OSError, RuntimeError) as _error:  # a missing or broken build
     functional.extension_error = _error
 
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert  # noqa: E402
@@ -29,9 +48,11 @@ from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert  # noqa
 def backend_info() -> dict:
     """Which kernels this build has and what it was built against.
 
-    Keys: version, extension_loaded, extension_error, cpu_kernels, cuda_kernels, cuda_archs
-    (list of 'sm_XY'), built_with_torch, running_torch, torch_cuda (torch's CUDA version or None),
-    and with the extension: cuda_compiled, cpu_step_gemm (what multiplies each time step in float).
+    Keys: version (with its local label, e.g. 0.1.0+cu130torch2.14), extension_loaded, extension_error,
+    cpu_kernels, cuda_kernels, cuda_archs (list of 'sm_XY'), built_with_torch, built_for_torch (the
+    minor version it requires), built_with_cuda (the CUDA version of its kernels, or None),
+    running_torch, torch_cuda (torch's CUDA version or None), and with the extension: cuda_compiled,
+    cpu_step_gemm (what multiplies each time step in float).
     """
     info = {
         "version": __version__,
@@ -40,7 +61,9 @@ def backend_info() -> dict:
         "cpu_kernels": functional.kernels_available(torch.device("cpu")),
         "cuda_kernels": functional.kernels_available(torch.device("cuda")),
         "cuda_archs": [],
-        "built_with_torch": None,
+        "built_with_torch": None if _build is None else _build.TORCH_VERSION,
+        "built_for_torch": None if _build is None else _build.TORCH_MINOR,
+        "built_with_cuda": None if _build is None else _build.CUDA,
         "running_torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
     }
