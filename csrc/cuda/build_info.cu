@@ -1,5 +1,4 @@
-// The CUDA side of the build. The CUDA kernels come with the CUDA issue; until then this
-// file proves the toolchain works in CI and reports the archs whose device code is embedded.
+// The archs whose device code the build embeds, for fastrnn.backend_info().
 #include <string>
 
 namespace fastrnn {
@@ -8,8 +7,9 @@ namespace cuda {
 // nvcc defines __CUDA_ARCH_LIST__ (e.g. 750,900) in every pass, host included.
 std::string compiled_archs() {
 #ifdef __CUDA_ARCH_LIST__
-#define FASTRNN_STR2(x) #x
-#define FASTRNN_STR(x) FASTRNN_STR2(x)
+// Variadic: with several archs the list expands to several macro arguments (800,900).
+#define FASTRNN_STR2(...) #__VA_ARGS__
+#define FASTRNN_STR(...) FASTRNN_STR2(__VA_ARGS__)
   return FASTRNN_STR(__CUDA_ARCH_LIST__);
 #else
   return "";
