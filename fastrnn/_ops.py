@@ -4,13 +4,20 @@ The schemas live in csrc/fastrnn.cpp. One op runs one layer over the whole seque
 D = 1 or 2 directions; see there for shapes. Fake kernels never branch on the device: CPU
 and CUDA return the same shapes, the workspace included.
 
-Double backward is not supported (as with cuDNN): asking for it raises a RuntimeError
-instead of silently returning a wrong result.
+Double backward (a gradient of a gradient, create_graph=True): when autograd asks for a graph of the
+gradient, the backward differentiates fastrnn.reference.layer (plain PyTorch, the same math) at the saved
+inputs instead of running the backward kernel, so the gradient is itself differentiable to any order, on
+every device. The first-order path (create_graph=False) is the kernels' and is unchanged.
+
+The same autograd is registered for the test-only ops of the device-generic engine (namespace
+fastrnn_engine_test, csrc/cpu/engine_cpu.cpp), so the engine's path is tested on the CPU too.
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import reference
 
 # Workspace values saved per hidden unit and step, and gates, per cell (see csrc/cpu/*.cpp).
 SAVED = {"lstm": 5, "gru": 4, "rnn_tanh": 0, "rnn_relu": 0}
@@ -29,7 +36,6 @@ def _fake_outputs(cell, x, w_ih, w_hh, save_for_backward):
     return y, hn, workspace, H
 
 
-@torch.library.register_fake("fastrnn::lstm_layer")
 def _lstm_layer_fake(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward):
     y, hn, workspace, H = _fake_outputs("lstm", x, w_ih, w_hh, save_for_backward)
     return y, hn, x.new_empty(w_ih.shape[0], x.shape[1], H), workspace
@@ -41,7 +47,6 @@ def _fake_input_grads(x, w_ih, b_ih, need_grad_x):
             torch.empty_like(b_ih) if b_ih is not None else x.new_empty(0))
 
 
-@torch.library.register_fake("fastrnn::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y,
                               workspace, need_grad_x):
     return (
@@ -54,10 +59,12 @@ def _lstm_layer_backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w
     )
 
 
-def _no_double_backward(ctx, *grads):
+def _backward_op_is_not_differentiable(ctx, *grads):
+    # Unreachable from fastrnn's own autograd: with create_graph the layer op's backward differentiates the
+    # reference instead of calling this op. Reached only by differentiating a direct call of the op.
     raise RuntimeError(
-        "fastrnn: double backward (a gradient of a gradient, e.g. create_graph=True followed by another "
-        "backward) is not supported by fastrnn's kernels; use torch.nn or fastrnn.reference for it"
+        "fastrnn: the *_layer_backward ops have no derivative of their own; differentiate the layer op "
+        "(torch.autograd.grad(..., create_graph=True)), whose gradient is differentiable"
     )
 
 
@@ -73,14 +80,6 @@ def _optional_grad(g, arg):
     return g if arg is not None else None
 
 
-def _lstm_setup_context(ctx, inputs, output):
-    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward = inputs
-    y, _, _, workspace = output
-    ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
-    ctx.saved = save_for_backward
-    ctx.set_materialize_grads(False)
-
-
 def _check_saved(ctx, op):
     if not ctx.saved:
         raise RuntimeError(
@@ -89,26 +88,68 @@ def _check_saved(ctx, op):
         )
 
 
-def _lstm_backward(ctx, grad_y, grad_hn, grad_cn, grad_workspace):
-    _check_saved(ctx, "lstm_layer")
-    x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
-    grad_y, grad_hn, grad_cn = _grads_or_zeros((grad_y, grad_hn, grad_cn), (y, h0, c0))
-    g_x, g_wih, g_bih, g_h0, g_c0, g_whh, g_bhh, g_whr = torch.ops.fastrnn.lstm_layer_backward(
-        grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace,
-        ctx.needs_input_grad[0]
-    )
-    return (g_x if ctx.needs_input_grad[0] else None, g_wih, _optional_grad(g_bih, b_ih), g_h0, g_c0, g_whh,
-            _optional_grad(g_bhh, b_hh), _optional_grad(g_whr, w_hr), None, None)
+def _differentiable_backward(cell, ctx, inputs, grad_outputs):
+    """The gradients of the op's inputs as differentiable functions of those inputs and of `grad_outputs`
+    (for create_graph=True): the vector-Jacobian product of fastrnn.reference.layer, taken with a graph.
+
+    inputs: (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths), c0 and w_hr None without them; grad_outputs:
+    the gradients of (y, hn, cn), None where unused. Returns one gradient per input (None where not needed)."""
+    needs = ctx.needs_input_grad
+    # The op's input positions: (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save) for LSTM,
+    # (x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save) otherwise.
+    positions = (0, 1, 2, 3, 4, 5, 6, 7) if cell == "lstm" else (0, 1, 2, 3, None, 4, 5, None)
+    wanted = [i for i, pos in enumerate(positions)
+              if pos is not None and needs[pos] and inputs[i] is not None]
+    with torch.enable_grad():
+        outputs = reference.layer(cell, *inputs)
+        used = [(o, g) for o, g in zip(outputs, grad_outputs) if o is not None and g is not None]
+        grads = torch.autograd.grad([o for o, _ in used], [inputs[i] for i in wanted], [g for _, g in used],
+                                    create_graph=True, allow_unused=True)
+    result = [None] * len(positions)
+    for i, g in zip(wanted, grads):
+        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return [r for r, pos in zip(result, positions) if pos is not None]
 
 
-torch.library.register_autograd("fastrnn::lstm_layer", _lstm_backward, setup_context=_lstm_setup_context)
-torch.library.register_autograd("fastrnn::lstm_layer_backward", _no_double_backward)
+def register(namespace: str) -> None:
+    """Fake kernels and autograd for every op of `namespace` (fastrnn, or the engine's test-only library)."""
+    ops = getattr(torch.ops, namespace)
+    lstm_backward_op = ops.lstm_layer_backward
+
+    def lstm_setup_context(ctx, inputs, output):
+        x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward = inputs
+        y, _, _, workspace = output
+        ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
+        ctx.saved = save_for_backward
+        ctx.set_materialize_grads(False)
+
+    def lstm_backward(ctx, grad_y, grad_hn, grad_cn, grad_workspace):
+        x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+            g = _differentiable_backward("lstm", ctx, (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths),
+                                         (grad_y, grad_hn, grad_cn))
+            return (*g, None, None)
+        _check_saved(ctx, "lstm_layer")
+        grad_y, grad_hn, grad_cn = _grads_or_zeros((grad_y, grad_hn, grad_cn), (y, h0, c0))
+        g_x, g_wih, g_bih, g_h0, g_c0, g_whh, g_bhh, g_whr = lstm_backward_op(
+            grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace,
+            ctx.needs_input_grad[0]
+        )
+        return (g_x if ctx.needs_input_grad[0] else None, g_wih, _optional_grad(g_bih, b_ih), g_h0, g_c0, g_whh,
+                _optional_grad(g_bhh, b_hh), _optional_grad(g_whr, w_hr), None, None)
+
+    torch.library.register_fake(f"{namespace}::lstm_layer")(_lstm_layer_fake)
+    torch.library.register_fake(f"{namespace}::lstm_layer_backward")(_lstm_layer_backward_fake)
+    torch.library.register_autograd(f"{namespace}::lstm_layer", lstm_backward, setup_context=lstm_setup_context)
+    torch.library.register_autograd(f"{namespace}::lstm_layer_backward", _backward_op_is_not_differentiable)
+    for cell in ("gru", "rnn_tanh", "rnn_relu"):
+        _register_single_state(namespace, cell)
 
 
-def _register_single_state(cell):
+def _register_single_state(namespace, cell):
     """GRU and RNN ops share one signature: (x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save) -> (y, hn, workspace)."""
     op = f"{cell}_layer"
-    backward_op = getattr(torch.ops.fastrnn, f"{cell}_layer_backward")
+    backward_op = getattr(getattr(torch.ops, namespace), f"{cell}_layer_backward")
 
     def fake(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save_for_backward):
         y, hn, workspace, _ = _fake_outputs(cell, x, w_ih, w_hh, save_for_backward)
@@ -130,19 +171,23 @@ def _register_single_state(cell):
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_hn, grad_workspace):
-        _check_saved(ctx, op)
         x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
+            g = _differentiable_backward(cell, ctx, (x, w_ih, b_ih, h0, None, w_hh, b_hh, None, lengths),
+                                         (grad_y, grad_hn, None))
+            return (*g, None, None)
+        _check_saved(ctx, op)
         grad_y, grad_hn = _grads_or_zeros((grad_y, grad_hn), (y, h0))
         g_x, g_wih, g_bih, g_h0, g_whh, g_bhh = backward_op(grad_y, grad_hn, x, w_ih, b_ih, h0, w_hh, b_hh, lengths,
                                                             y, workspace, ctx.needs_input_grad[0])
         return (g_x if ctx.needs_input_grad[0] else None, g_wih, _optional_grad(g_bih, b_ih), g_h0, g_whh,
                 _optional_grad(g_bhh, b_hh), None, None)
 
-    torch.library.register_fake(f"fastrnn::{op}")(fake)
-    torch.library.register_fake(f"fastrnn::{op}_backward")(fake_backward)
-    torch.library.register_autograd(f"fastrnn::{op}", backward, setup_context=setup_context)
-    torch.library.register_autograd(f"fastrnn::{op}_backward", _no_double_backward)
+    torch.library.register_fake(f"{namespace}::{op}")(fake)
+    torch.library.register_fake(f"{namespace}::{op}_backward")(fake_backward)
+    torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"{namespace}::{op}_backward", _backward_op_is_not_differentiable)
 
 
-for _cell in ("gru", "rnn_tanh", "rnn_relu"):
-    _register_single_state(_cell)
+register("fastrnn")
+register("fastrnn_engine_test")

@@ -55,30 +55,114 @@ def kernels_available(device: torch.device) -> bool:
     return found
 
 
-def implementation_for(device: torch.device):
-    """The function computing the recurrence on `device`: kernels, or the reference (warned once)."""
-    if kernels_available(device):
-        return rnn
-    if extension_error is not None:
-        _warn_once(
-            "extension",
-            f"fastrnn: the compiled extension could not be loaded ({extension_error}); running the much slower "
-            "pure-PyTorch reference instead. Reinstall with `pip install --no-build-isolation -e .` against "
-            "the torch you run.",
-        )
+def _transform_in_use() -> str | None:
+    """The autograd transform fastrnn's kernels cannot serve that is active now, or None.
+
+    The ops have a first-order reverse-mode formula only. Under forward-mode AD they would give zero
+    tangents, and functorch's grad/vjp/jacrev/hessian refuse them; the reference (plain differentiable
+    PyTorch) serves all of these, per-sample gradients (vmap of grad) included.
+    """
+    if torch.compiler.is_compiling():  # torch.compile/export trace the ops themselves (and cannot trace this)
+        return None
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return "a torch.func transform (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap)"
+    if torch.autograd.forward_ad._current_level >= 0:
+        return "forward-mode AD (torch.autograd.forward_ad)"
+    return None
+
+
+def _tracing() -> bool:
+    """torch.jit.trace or an ONNX export (either exporter) is recording this call."""
+    if torch.onnx.is_in_onnx_export():
+        return True
+    return not torch.compiler.is_compiling() and torch.jit.is_tracing()
+
+
+def implementation_for(device: torch.device, mode: str = "", is_cell: bool = False):
+    """The function computing the recurrence on `device`, the one place this is chosen.
+
+    - `rnn` (the compiled kernels), the normal case;
+    - `torch_nn_rnn` (torch's own ATen op, what torch.nn runs) while torch.jit.trace or torch.onnx.export
+      records the call, so that the traced graph or ONNX model is torch.nn's (portable, trainable, ONNX's
+      LSTM/GRU/RNN operators), and under CPU autocast for the modules torch.nn computes in mixed precision
+      (GRU, LSTMCell, GRUCell: lower-precision matmuls, float32 state), so that the numbers are torch.nn's;
+    - `reference.rnn` under an autograd transform the kernels cannot serve (`_transform_in_use`), or when
+      there are no kernels for the device.
+    Each choice other than the kernels is said once, with its reason, as a RuntimeWarning.
+    """
+    if not kernels_available(device):
+        if extension_error is not None:
+            _warn_once(
+                "extension",
+                f"fastrnn: the compiled extension could not be loaded ({extension_error}); running the much slower "
+                "pure-PyTorch reference instead. Reinstall with `pip install --no-build-isolation -e .` against "
+                "the torch you run.",
+            )
+        else:
+            _warn_once(
+                device.type,
+                f"fastrnn: this build has no {device.type.upper()} kernels; running the much slower pure-PyTorch "
+                f"reference on {device.type} instead.",
+            )
+        return reference.rnn
+    if _tracing():
+        _warn_once("tracing", "fastrnn: torch.jit.trace / torch.onnx.export is recording a fastrnn layer; it records "
+                   "torch.nn's own op (aten::lstm, aten::gru, ...), so the traced or exported model is torch.nn's "
+                   "and runs torch's kernels, not fastrnn's.")
+        return torch_nn_rnn
+    transform = _transform_in_use()
+    if transform is not None:
+        _warn_once(f"transform:{transform}", f"fastrnn: {transform} is active; fastrnn's kernels have a first-order "
+                   "reverse-mode formula only, so this call runs fastrnn.reference (plain PyTorch: exact, slower).")
+        return reference.rnn
+    if device.type == "cpu" and torch.is_autocast_enabled("cpu") and (mode, is_cell) in _CPU_AUTOCAST_MIXED:
+        _warn_once(f"autocast:{mode}:{is_cell}", f"fastrnn: under CPU autocast torch.nn's {_module_name(mode, is_cell)} "
+                   "computes its matmuls in the autocast dtype and its state in float32; fastrnn runs torch's own op "
+                   "for it there (same numbers), not its kernels.")
+        return torch_nn_rnn
+    return rnn
+
+
+def _module_name(mode: str, is_cell: bool) -> str:
+    base = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}[mode]
+    return base + ("Cell" if is_cell else "")
+
+
+_VF_LAYERS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def torch_nn_rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, dropout: float,
+                 training: bool, bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None = None,
+                 proj: bool = False):
+    """torch.nn's own computation (torch._VF.lstm and friends), with the contract of `rnn`."""
+    fn = getattr(torch._VF, _VF_LAYERS[mode])
+    if mode == "LSTM":
+        hx = (hx[0], hx[1])
+    if batch_sizes is None:
+        out = fn(input, hx, weights, bias, num_layers, dropout, training, bidirectional, batch_first)
     else:
-        _warn_once(
-            device.type,
-            f"fastrnn: this build has no {device.type.upper()} kernels; running the much slower pure-PyTorch "
-            f"reference on {device.type} instead.",
-        )
-    return reference.rnn
+        out = fn(input, batch_sizes, hx, weights, bias, num_layers, dropout, training, bidirectional)
+    if mode == "LSTM":
+        return out[0], (out[1], out[2])
+    return out[0], out[1]
+
+
+def torch_nn_cell(mode: str, x: Tensor, states: list, weights: list):
+    """torch.nn's cell op (torch._VF.lstm_cell and friends): x [B, I], states [B, H] -> h, or (h, c) for LSTM."""
+    fn = getattr(torch._VF, _VF_LAYERS[mode] + "_cell")
+    w_ih, w_hh, *biases = weights
+    b_ih, b_hh = biases if biases else (None, None)
+    if mode == "LSTM":
+        return fn(x, (states[0], states[1]), w_ih, w_hh, b_ih, b_hh)
+    return fn(x, states[0], w_ih, w_hh, b_ih, b_hh)
 
 
 # What torch.nn computes in under CPU autocast, measured with torch 2.14 (and the dtype it returns):
-# the autocast dtype for LSTM, RNN and RNNCell; float32 for GRU, LSTMCell and GRUCell.
+# wholly in the autocast dtype for LSTM, RNN and RNNCell; for GRU, LSTMCell and GRUCell its matmuls in the
+# autocast dtype and its state in float32 (float32 out), which `torch_nn_rnn`/`torch_nn_cell` reproduce.
 _CPU_AUTOCAST_LOWER_PRECISION = {("LSTM", False), ("RNN_TANH", False), ("RNN_RELU", False), ("RNN_TANH", True),
                                  ("RNN_RELU", True)}
+_CPU_AUTOCAST_MIXED = {("GRU", False), ("LSTM", True), ("GRU", True)}
 
 
 def autocast_dtype(mode: str, is_cell: bool, device: torch.device, input_dtype: torch.dtype) -> torch.dtype | None:

@@ -99,6 +99,10 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
                          f"hidden_size={hidden_size}")
 
 
+def _call(impl, *args):
+    return impl(*args)
+
+
 class _RNNBase(nn.RNNBase):
     """Shared forward for RNN/LSTM/GRU; nn.RNNBase supplies the parameters and their init."""
 
@@ -108,6 +112,9 @@ class _RNNBase(nn.RNNBase):
         _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _prepare_scriptable(self)
 
     def flatten_parameters(self) -> None:
         """A no-op: fastrnn reads each weight by attribute and needs no flat cuDNN buffer."""
@@ -156,11 +163,15 @@ class _RNNBase(nn.RNNBase):
             )
         if data.device != w0.device:
             raise RuntimeError(f"{name}: input is on {data.device} but the parameters are on {w0.device}")
+        impl = functional.implementation_for(data.device, self.mode)
+        # torch's own op (implementation_for says when) takes what torch.nn gives it, autocast doing its casts.
+        cast_for_autocast = impl is not functional.torch_nn_rnn and torch._C._is_any_autocast_enabled()
         dtype = functional.autocast_dtype(self.mode, False, data.device, data.dtype) or (
-            w0.dtype if torch._C._is_any_autocast_enabled() else data.dtype)
-        data = data.to(dtype)
-        if dtype != w0.dtype:  # under autocast: torch.nn casts its weights (and states) too
-            weights = [w.to(dtype) for w in weights]
+            w0.dtype if cast_for_autocast else data.dtype)
+        if cast_for_autocast:
+            data = data.to(dtype)
+            if dtype != w0.dtype:  # under autocast: torch.nn casts its weights (and states) too
+                weights = [w.to(dtype) for w in weights]
 
         h_shape = (self.num_layers * D, B, P)
         c_shape = (self.num_layers * D, B, self.hidden_size)
@@ -175,7 +186,7 @@ class _RNNBase(nn.RNNBase):
             for s in states:
                 if not isinstance(s, Tensor):
                     raise TypeError(f"{name}: hx must hold Tensors, got {type(s).__name__}")
-            if torch._C._is_any_autocast_enabled():
+            if cast_for_autocast:
                 states = tuple(s.to(dtype) if s.is_floating_point() else s for s in states)
             if any(s.dim() != want_dim for s in states):
                 dims = ", ".join(f"{s.dim()}-D" for s in states)
@@ -192,8 +203,8 @@ class _RNNBase(nn.RNNBase):
                 states = tuple(s.index_select(1, sorted_indices) for s in states)
             hx = states if is_lstm else states[0]
 
-        impl = functional.implementation_for(data.device)
-        output, hidden = functional.run_without_autocast(
+        run = functional.run_without_autocast if cast_for_autocast else _call
+        output, hidden = run(
             impl, self.mode, data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
             self.bidirectional, self.batch_first, batch_sizes, self.proj_size > 0)
 
@@ -250,6 +261,9 @@ class GRU(_RNNBase):
 class _CellBase(nn.RNNCellBase):
     _mode = ""
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        return _prepare_scriptable(self)
+
     def _prepare(self, input: Tensor, states: tuple, n_states: int):
         name = type(self).__name__
         if not isinstance(input, Tensor):
@@ -266,7 +280,11 @@ class _CellBase(nn.RNNCellBase):
         if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
             # RuntimeError, as torch.nn's cells raise for this (unlike its RNN/LSTM/GRU: ValueError).
             raise RuntimeError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
-        x = x.to(functional.autocast_dtype(self._mode, True, x.device, x.dtype) or w.dtype)
+        impl = functional.implementation_for(x.device, self._mode, is_cell=True)
+        # torch's own cell op (implementation_for says when) takes what torch.nn gives it, autocast casting.
+        cast_for_autocast = impl is not functional.torch_nn_rnn and torch._C._is_any_autocast_enabled()
+        if cast_for_autocast:
+            x = x.to(functional.autocast_dtype(self._mode, True, x.device, x.dtype) or w.dtype)
         if x.size(1) != self.input_size:
             raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
         if x.device != w.device:
@@ -280,18 +298,19 @@ class _CellBase(nn.RNNCellBase):
                 # Checked as given, so the message shows the user's shapes: [B, H], or [H] unbatched.
                 what = f"hx[{i}]" if n_states == 2 else "hx"
                 expected = (B, self.hidden_size) if is_batched else (self.hidden_size,)
-                if torch._C._is_any_autocast_enabled() and s.is_floating_point():
+                if cast_for_autocast and s.is_floating_point():
                     s = s.to(x.dtype)  # as torch.nn's cells under autocast
                 _check_state(name, what, s, expected, x.dtype, x.device)
                 s = s if is_batched else s.unsqueeze(0)
             out.append(s)
-        return x, out, is_batched
+        return x, out, is_batched, impl
 
-    def _run(self, x: Tensor, states: list):
+    def _run(self, x: Tensor, states: list, impl):
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        if impl is functional.torch_nn_rnn:
+            return functional.torch_nn_cell(self._mode, x, states, weights)
         weights = [w.to(x.dtype) for w in weights]  # a no-op unless autocast chose another dtype
         hx = (states[0].unsqueeze(0), states[1].unsqueeze(0)) if len(states) == 2 else states[0].unsqueeze(0)
-        impl = functional.implementation_for(x.device)
         _, hidden = functional.run_without_autocast(impl, self._mode, x.unsqueeze(0), hx, weights, self.bias, 1, 0.0,
                                                     False, False, False)
         return tuple(h[0] for h in hidden) if len(states) == 2 else hidden[0]
@@ -312,8 +331,8 @@ class RNNCell(_CellBase):
         return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, states, is_batched = self._prepare(input, (hx,), 1)
-        h = self._run(x, states)
+        x, states, is_batched, impl = self._prepare(input, (hx,), 1)
+        h = self._run(x, states, impl)
         return h if is_batched else h.squeeze(0)
 
 
@@ -326,8 +345,8 @@ class LSTMCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, states, is_batched = self._prepare(input, (None, None) if hx is None else tuple(hx), 2)
-        h, c = self._run(x, states)
+        x, states, is_batched, impl = self._prepare(input, (None, None) if hx is None else tuple(hx), 2)
+        h, c = self._run(x, states, impl)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -340,8 +359,8 @@ class GRUCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, states, is_batched = self._prepare(input, (hx,), 1)
-        h = self._run(x, states)
+        x, states, is_batched, impl = self._prepare(input, (hx,), 1)
+        h = self._run(x, states, impl)
         return h if is_batched else h.squeeze(0)
 
 
@@ -388,6 +407,41 @@ def _twin_of(module: nn.Module) -> nn.Module | str:
             setattr(twin, hooks, getattr(module, hooks))
     twin.train(module.training)
     return twin
+
+
+def torch_nn_twin(module: nn.Module) -> nn.Module:
+    """The torch.nn module (nn.LSTM, ...) equivalent to the fastrnn `module`, holding its very Parameters."""
+    cls = next(nn_cls for nn_cls, twin_cls in _TWINS.items() if type(module) is twin_cls)
+    p = next(module.parameters())
+    if isinstance(module, nn.RNNBase):
+        kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                      dropout=module.dropout, bidirectional=module.bidirectional)
+        if module.mode == "LSTM":
+            kwargs["proj_size"] = module.proj_size
+        if isinstance(module, RNN):
+            kwargs["nonlinearity"] = module.nonlinearity
+    else:
+        kwargs = dict(bias=module.bias)
+        if isinstance(module, RNNCell):
+            kwargs["nonlinearity"] = module.nonlinearity
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. dropout with one layer: the user was warned building `module`
+        twin = cls(module.input_size, module.hidden_size, device="meta", dtype=p.dtype, **kwargs)
+    for name, param in module.named_parameters(recurse=False):
+        setattr(twin, name, param)
+    twin.train(module.training)
+    return twin
+
+
+def _prepare_scriptable(module: nn.Module) -> nn.Module:
+    # torch.jit.script calls __prepare_scriptable__ on every module before compiling it. fastrnn's forward
+    # (PackedSequence checks, optional states, Python-side dispatch) is not TorchScript, while torch.nn's is
+    # written for it: script torch.nn's twin on the same Parameters, so scripted models train the same weights
+    # and save/load without fastrnn. Said once.
+    functional._warn_once("script", "fastrnn: torch.jit.script compiles torch.nn's TorchScript code for fastrnn "
+                          f"layers (here {type(module).__name__}), on the same parameters: the scripted model runs "
+                          "torch's kernels, not fastrnn's.")
+    return torch_nn_twin(module)
 
 
 def _warn_not_converted(path: str, module: nn.Module, why: str) -> None:

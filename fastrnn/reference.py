@@ -144,3 +144,40 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     if is_lstm:
         return output, (hidden, torch.stack(c_n, 0))
     return output, hidden
+
+
+_CELL_MODES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
+
+
+def layer(cell: str, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths):
+    """One layer op (torch.ops.fastrnn.<cell>_layer) in plain differentiable PyTorch, without the workspace.
+
+    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu". x [T, B, I]; w_ih [D, G*H, I]; b_ih, b_hh [D, G*H] or None;
+    h0 [D, B, P]; c0 [D, B, H] (LSTM; else None); w_hh [D, G*H, P]; w_hr [D, P, H] or None; lengths [B] int64
+    in any order, or None (every sequence has length T). Returns y [T, B, D*P] (zero past each length),
+    hn [D, B, P] and cn [D, B, H] (None without a cell state). Masks instead of sorted row counts, so that
+    lengths need no order: the op's backward differentiates this when a graph of the gradient is asked for.
+    """
+    mode = _CELL_MODES[cell]
+    T = x.size(0)
+    active = None if lengths is None else lengths.to(x.device).view(1, -1, 1) > torch.arange(
+        T, device=x.device).view(-1, 1, 1)  # [T, B, 1]
+    ys, hns, cns = [], [], []
+    for d in range(w_ih.size(0)):
+        w = (w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None if b_hh is None else b_hh[d],
+             None if w_hr is None else w_hr[d])
+        state = (h0[d], c0[d]) if c0 is not None else (h0[d],)
+        outputs = [None] * T
+        for t in (range(T - 1, -1, -1) if d == 1 else range(T)):
+            new = _step(mode, x[t], state, w)
+            if active is not None:  # a sequence past its length (or, in reverse, not yet started) keeps its state
+                new = tuple(torch.where(active[t], n, s) for n, s in zip(new, state))
+                outputs[t] = torch.where(active[t], new[0], 0.0)
+            else:
+                outputs[t] = new[0]
+            state = new
+        ys.append(torch.stack(outputs, 0))
+        hns.append(state[0])
+        if c0 is not None:
+            cns.append(state[1])
+    return torch.cat(ys, 2), torch.stack(hns, 0), torch.stack(cns, 0) if c0 is not None else None
