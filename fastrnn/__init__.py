@@ -43,6 +43,7 @@ except (ImportError, OSError, RuntimeError) as _error:  # a missing or broken bu
     functional.extension_error = _error
 
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert  # noqa: E402
+from . import _quantization  # noqa: E402,F401  (quantize_dynamic treats the twins as torch.nn's classes)
 
 
 def backend_info() -> dict:

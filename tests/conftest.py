@@ -238,7 +238,7 @@ def make_cell_pair(kind: CellKind, input_size: int, hidden_size: int, *, bias=Tr
 @contextlib.contextmanager
 def force_reference():
     """Within the block, fastrnn's modules run fastrnn.reference.rnn instead of the kernels."""
-    with mock.patch.object(fastrnn_functional, "implementation_for", lambda device: fastrnn.reference.rnn):
+    with mock.patch.object(fastrnn_functional, "implementation_for", lambda device, *args, **kwargs: fastrnn.reference.rnn):
         yield
 
 

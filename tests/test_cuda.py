@@ -26,6 +26,7 @@ from conftest import (
     init_parameters,
     layer_results,
     make_pair,
+    tol,
 )
 
 pytestmark = [
@@ -297,13 +298,21 @@ def test_cuda_autocast_matches_torch_nn(cell, dims, autocast_dtype):
 
 
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_double_backward_raises(cell):
+def test_cuda_double_backward_matches_the_cpu(cell):
+    """Double backward on CUDA (which cuDNN cannot do) in float64 equals the CPU's, itself checked against
+    torch.nn in test_workflows.py."""
     module, x = _module_and_input(cell)
-    x.requires_grad_()
-    out, _ = module(x)
-    (g,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward .* not supported"):
-        g.sum().backward()
+    module, x = module.double(), x.double()
+    results = []
+    for device in ("cuda", "cpu"):
+        module.to(device)
+        leaves = [x.to(device).requires_grad_(), *module.parameters()]
+        out, _ = module(leaves[0])
+        first = torch.autograd.grad((out ** 2).sum(), leaves, create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), leaves)
+        results.append([t.cpu() for t in (*first, *second)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **tol(torch.float64))
 
 
 def test_cuda_path_env_is_honoured(monkeypatch):

@@ -148,27 +148,7 @@ def test_opcheck_backward(cell, D, bias, proj, lengths):
     torch.library.opcheck(backward_op_of(cell), tuple(call))
 
 
-# ----------------------------------------------------------------------------- double backward
-
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"])
-def test_double_backward_raises(cell):
-    kind = CELL_KINDS[cell]
-    module = kind.fastrnn_cls(4, 7, dtype=torch.float64, **dict(kind.kwargs))
-    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
-    out, _ = module(x)
-    (g,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
-    assert g.requires_grad  # the first backward worked and built a graph
-    with pytest.raises(RuntimeError, match="double backward .* not supported"):
-        g.sum().backward()
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_double_backward_raises_on_op(cell):
-    args = make_args(cell, 2, proj=cell == "lstm")
-    outs = op_of(cell)(*args.values(), True)
-    first = torch.autograd.grad(outs[0].pow(2).sum(), args["w_hh"], create_graph=True)[0]
-    with pytest.raises(RuntimeError, match="double backward .* not supported"):
-        torch.autograd.grad(first.sum(), args["x"])
+# Double backward (module and op level, kernels and engine): tests/test_workflows.py.
 
 
 # ----------------------------------------------------------------------------- FASTRNN_DEBUG
