@@ -511,3 +511,23 @@ def test_cpu_autocast_mixed_precision_equals_torch_nn(name, kwargs):
         assert g.dtype == w.dtype == torch.float32
         assert (w - f).abs().max() > 1e-4  # autocast's result really differs from float32's
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def test_ddp_training_step_matches_torch_nn(tmp_path):
+    """A one-process gloo group: DDP's reducer hooks and bucketing see fastrnn's gradients as torch.nn's."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        results = []
+        ref, fast = _taggers("LSTM", {"num_layers": 2, "bidirectional": True})
+        x = torch.randn(T, B, I, dtype=torch.float64)
+        for model in (ref, fast):
+            ddp = DistributedDataParallel(model)
+            ddp(x).pow(2).sum().backward()
+            results.append([p.grad for p in model.parameters()])
+        assert_trees_close(results[1], results[0])
+    finally:
+        dist.destroy_process_group()
