@@ -372,6 +372,13 @@ def test_gradgradcheck_of_the_layer_ops(namespace, cell, D, bias, proj, lengths)
     tensors = [args[k] for k in names]
     assert torch.autograd.gradcheck(f, tensors)
     assert torch.autograd.gradgradcheck(f, tensors)
+    # gradgradcheck checks the gradient's graph against itself; its values (the differentiable path, taken with
+    # create_graph) must also be the first-order kernels' (create_graph=False).
+    out = f(*tensors)
+    cotangents = tangents_like(out, seed=8)
+    with_graph = torch.autograd.grad(out, tensors, cotangents, create_graph=True, allow_unused=True)
+    kernels = torch.autograd.grad(f(*tensors), tensors, cotangents, allow_unused=True)
+    assert_trees_close(with_graph, kernels)
 
 
 def test_double_backward_through_the_engine_equals_the_kernels():
