@@ -45,8 +45,7 @@ from . import modules
 _quantize = importlib.import_module("torch.ao.quantization.quantize")
 _mappings = importlib.import_module("torch.ao.quantization.quantization_mappings")
 
-# fastrnn twin -> its torch.nn class, e.g. fastrnn.LSTM -> nn.LSTM
-_TORCH_NN_OF = {twin: nn_cls for nn_cls, twin in modules._TWINS.items()}
+_TORCH_NN_OF = modules.TORCH_NN_OF  # fastrnn twin -> its torch.nn class, e.g. fastrnn.LSTM -> nn.LSTM
 
 
 def _stand_in(mod):

@@ -367,6 +367,22 @@ class GRUCell(_CellBase):
 # ------------------------------------------------------------------ convert
 
 _TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+TORCH_NN_OF = {twin: nn_cls for nn_cls, twin in _TWINS.items()}  # fastrnn.LSTM -> nn.LSTM, ...
+
+
+def _constructor_kwargs(module: nn.Module) -> dict:
+    """The constructor arguments (but sizes, device, dtype) that rebuild `module`, a torch.nn recurrent module or
+    a fastrnn twin: the two take the same ones."""
+    if isinstance(module, nn.RNNBase):
+        kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                      dropout=module.dropout, bidirectional=module.bidirectional)
+        if module.mode == "LSTM":
+            kwargs["proj_size"] = module.proj_size
+    else:
+        kwargs = dict(bias=module.bias)
+    if hasattr(module, "nonlinearity"):  # RNN and RNNCell, torch.nn's and fastrnn's
+        kwargs["nonlinearity"] = module.nonlinearity
+    return kwargs
 
 
 # Per-module hook registries (torch.nn.Module attributes). A twin shares the very same dicts, so a
@@ -383,18 +399,8 @@ def _twin_of(module: nn.Module) -> nn.Module | str:
         base = next(c for c in _TWINS if isinstance(module, c))
         return (f"its class {type(module).__qualname__} is a subclass of torch.nn.{base.__name__} (it may override "
                 "forward, or carry a parametrization), which fastrnn does not replace")
-    p = next(module.parameters())
-    if isinstance(module, nn.RNNBase):
-        kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-                      dropout=module.dropout, bidirectional=module.bidirectional)
-        if module.mode == "LSTM":
-            kwargs["proj_size"] = module.proj_size
-        if isinstance(module, nn.RNN):
-            kwargs["nonlinearity"] = module.nonlinearity
-        twin = cls(module.input_size, module.hidden_size, device="meta", dtype=p.dtype, **kwargs)
-    else:
-        kwargs = {"nonlinearity": module.nonlinearity} if isinstance(module, nn.RNNCell) else {}
-        twin = cls(module.input_size, module.hidden_size, bias=module.bias, device="meta", dtype=p.dtype, **kwargs)
+    twin = cls(module.input_size, module.hidden_size, device="meta", dtype=next(module.parameters()).dtype,
+               **_constructor_kwargs(module))
     names = sorted(n for n, _ in module.named_parameters(recurse=False))
     expected = sorted(n for n, _ in twin.named_parameters(recurse=False))
     if names != expected:
@@ -411,22 +417,11 @@ def _twin_of(module: nn.Module) -> nn.Module | str:
 
 def torch_nn_twin(module: nn.Module) -> nn.Module:
     """The torch.nn module (nn.LSTM, ...) equivalent to the fastrnn `module`, holding its very Parameters."""
-    cls = next(nn_cls for nn_cls, twin_cls in _TWINS.items() if type(module) is twin_cls)
-    p = next(module.parameters())
-    if isinstance(module, nn.RNNBase):
-        kwargs = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-                      dropout=module.dropout, bidirectional=module.bidirectional)
-        if module.mode == "LSTM":
-            kwargs["proj_size"] = module.proj_size
-        if isinstance(module, RNN):
-            kwargs["nonlinearity"] = module.nonlinearity
-    else:
-        kwargs = dict(bias=module.bias)
-        if isinstance(module, RNNCell):
-            kwargs["nonlinearity"] = module.nonlinearity
+    cls = TORCH_NN_OF[type(module)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. dropout with one layer: the user was warned building `module`
-        twin = cls(module.input_size, module.hidden_size, device="meta", dtype=p.dtype, **kwargs)
+        twin = cls(module.input_size, module.hidden_size, device="meta", dtype=next(module.parameters()).dtype,
+                   **_constructor_kwargs(module))
     for name, param in module.named_parameters(recurse=False):
         setattr(twin, name, param)
     twin.train(module.training)

@@ -278,14 +278,11 @@ def test_vmap_of_the_forward_still_matches_a_loop():
 
 # ----------------------------------------------------------------------------- double backward
 
-def _double_backward(module, x, hx):
-    """d/d(params, x) of |d loss / d x|^2, the gradient-penalty pattern (WGAN-GP, input-gradient regularisers)."""
-    out = flat_outputs(module(x, hx))
-    loss = sum((o * o).sum() for o in out)
-    leaves = [x] + list(module.parameters())
-    first = torch.autograd.grad(loss, leaves, create_graph=True)
-    penalty = sum((g * g).sum() for g in first)
-    return first, torch.autograd.grad(penalty, leaves, allow_unused=True)
+def _double_backward(outputs, leaves):
+    """The gradients of loss = sum |output|^2 over `leaves` (taken with a graph), and those of the penalty
+    sum |gradient|^2: the gradient-penalty pattern (WGAN-GP, input-gradient regularisers)."""
+    first = torch.autograd.grad(sum((o * o).sum() for o in outputs), leaves, create_graph=True)
+    return first, torch.autograd.grad(sum((g * g).sum() for g in first), leaves)
 
 
 @pytest.mark.parametrize("config", [c for c in LAYER_CONFIGS if c[2] == "padded"], ids=_id)
@@ -296,7 +293,7 @@ def test_double_backward_matches_torch_nn(config):
     results = []
     for module in (ref, fast):
         x = data.clone().requires_grad_()
-        results.append(_double_backward(module, x, layer_hx(ref)))
+        results.append(_double_backward(flat_outputs(module(x, layer_hx(ref))), [x, *module.parameters()]))
     assert_trees_close(results[1], results[0])
 
 
@@ -308,10 +305,7 @@ def test_double_backward_packed_matches_torch_nn(config):
     results = []
     for module in (ref, fast):
         x = data.clone().requires_grad_()
-        out = flat_outputs(module(build(x), layer_hx(ref)))
-        leaves = [x] + list(module.parameters())
-        first = torch.autograd.grad(sum((o * o).sum() for o in out), leaves, create_graph=True)
-        results.append((first, torch.autograd.grad(sum((g * g).sum() for g in first), leaves)))
+        results.append(_double_backward(flat_outputs(module(build(x), layer_hx(ref))), [x, *module.parameters()]))
     assert_trees_close(results[1], results[0])
 
 
@@ -325,9 +319,7 @@ def test_cell_double_backward_matches_torch_nn(config):
         x = x0.clone().requires_grad_()
         out = module(x)
         out = out if isinstance(out, tuple) else (out,)
-        leaves = [x] + list(module.parameters())
-        first = torch.autograd.grad(sum((o * o).sum() for o in out), leaves, create_graph=True)
-        results.append((first, torch.autograd.grad(sum((g * g).sum() for g in first), leaves)))
+        results.append(_double_backward(out, [x, *module.parameters()]))
     assert_trees_close(results[1], results[0])
 
 
@@ -388,9 +380,7 @@ def test_double_backward_through_the_engine_equals_the_kernels():
         for namespace in ("fastrnn", "fastrnn_engine_test"):
             op = getattr(getattr(torch.ops, namespace), f"{cell}_layer")
             leaves = [v for v in args.values() if isinstance(v, torch.Tensor) and v.requires_grad]
-            out = op(*args.values(), True)[:-1]
-            first = torch.autograd.grad(sum((o * o).sum() for o in out), leaves, create_graph=True)
-            results.append((first, torch.autograd.grad(sum((g * g).sum() for g in first), leaves)))
+            results.append(_double_backward(op(*args.values(), True)[:-1], leaves))
         assert_trees_close(results[1], results[0])
 
 
