@@ -19,6 +19,7 @@
 
 #include "cpu/panel_gemm.h"
 #include "fastrnn/cuda_path.h"
+#include "fastrnn/device_checks.h"
 #include "fastrnn/schemas.h"
 
 #ifdef FASTRNN_WITH_CUDA
@@ -33,6 +34,9 @@ TORCH_LIBRARY(fastrnn, m) {
   m.set_python_module("fastrnn._ops");
   fastrnn::define_layer_ops(m);
 }
+
+// Every tensor argument on x's device, whatever backend the dispatcher would pick (fastrnn/device_checks.h).
+TORCH_LIBRARY_IMPL(fastrnn, BackendSelect, m) { fastrnn::register_device_checks(m); }
 
 PYBIND11_MODULE(_C, module) {
   module.doc() = "fastrnn compiled kernels; the ops live under torch.ops.fastrnn";

@@ -21,7 +21,7 @@ from . import functional, reference
 
 
 def _check_batch_sizes(batch_sizes: Tensor, data: Tensor) -> None:
-    """A PackedSequence's batch_sizes must be positive, non-increasing and sum to data's rows.
+    """A PackedSequence's batch_sizes must be positive, non-increasing and sum to data's rows (data: 2-D).
 
     Deliberately stricter than torch.nn, which runs a malformed hand-built PackedSequence silently.
     """
@@ -40,8 +40,6 @@ def _check_batch_sizes(batch_sizes: Tensor, data: Tensor) -> None:
         raise ValueError(f"PackedSequence.batch_sizes must all be positive, got {sizes}")
     if any(b > a for a, b in zip(sizes, sizes[1:])):
         raise ValueError(f"PackedSequence.batch_sizes must be non-increasing, got {sizes}")
-    if data.dim() != 2:
-        raise ValueError(f"PackedSequence.data must be 2-D [sum(batch_sizes), features], got {data.dim()}-D")
     if sum(sizes) != data.size(0):
         raise ValueError(
             f"PackedSequence.batch_sizes must sum to data.size(0) = {data.size(0)}, got sum {sum(sizes)}"
@@ -57,15 +55,68 @@ def _check_permutation(name: str, perm, batch: int) -> None:
         raise ValueError(f"PackedSequence.{name} must be a permutation of range({batch}), got {perm.tolist()}")
 
 
-def _check_state(name: str, what: str, t: Tensor, expected: tuple, dtype, device) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: {what} must be a Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(expected):
-        raise RuntimeError(f"{name}: Expected {what} size {tuple(expected)}, got {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise RuntimeError(f"{name}: {what} must have dtype {dtype} (the input's), got {t.dtype}")
-    if t.device != device:
-        raise RuntimeError(f"{name}: {what} must be on {device} (the input's device), got {t.device}")
+# ---------------------------------------------------------------- torch.nn's checks of a forward call
+# Each error leads with torch.nn's own message (torch/nn/modules/rnn.py, or the ATen op it calls:
+# aten/src/ATen/native/RNN.cpp) and raises its exception class, in its order; fastrnn's detail (what
+# was given, which parameter) follows in parentheses. Where torch.nn has no message of its own for a
+# case (it fails inside a matmul, or runs on), the message is that of ATen's check_attributes.
+
+# c10's names of the dtypes, as ATen's messages print them ("Float", not "torch.float32").
+_C10_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16",
+              torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+              torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
+# caffe2's names of the dtypes, as at::mm's dtype message prints them.
+_CAFFE2_NAMES = {torch.float64: "double", torch.float32: "float", torch.float16: "c10::Half",
+                 torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int"}
+
+
+def _no_dim(obj, detail: str) -> AttributeError:
+    """What torch.nn raises for a non-tensor where it calls .dim()."""
+    return AttributeError(f"'{type(obj).__name__}' object has no attribute 'dim' ({detail})")
+
+
+def _check_same(name: str, attribute: str, expected, states, params) -> None:
+    """ATen's check_attributes for one attribute ("device" or "dtype"): the states, then every parameter, have
+    the input's. states and params: (name, tensor) pairs."""
+    for kind, pairs in (("hidden", states), ("parameter", params)):
+        for what, t in pairs:
+            got = getattr(t, attribute)
+            if got == expected:
+                continue
+            label = what if kind == "hidden" else f"parameter {what}"
+            if attribute == "device":
+                raise RuntimeError(f"Input and {kind} tensors are not at the same device, found input tensor at "
+                                   f"{expected} and {kind} tensor at {got} ({name}: {label} is on {got}, expected "
+                                   f"{expected}, the input's device)")
+            raise RuntimeError(f"Input and {kind} tensors are not the same dtype, found input tensor with "
+                               f"{_C10_NAMES.get(expected, expected)} and {kind} tensor with "
+                               f"{_C10_NAMES.get(got, got)} ({name}: {label} has dtype {got}, expected {expected}, "
+                               "the input's)")
+
+
+def _params_match(params, device, dtype, shapes: dict) -> bool:
+    """The common case, in one pass: every parameter on `device`, of `dtype` (None: any) and of its shape. When it
+    holds, the ordered checks (_check_same, _check_param_shapes) skip the parameters."""
+    for what, t in params:
+        if t.device != device or (dtype is not None and t.dtype != dtype) or t.shape != shapes[what]:
+            return False
+    return True
+
+
+def _check_param_shapes(name: str, params, expected: dict) -> None:
+    """Every parameter of the shape the module's sizes give (torch.nn has no check of its own: it fails in a matmul
+    or, for some, runs on them); fastrnn's kernels read each by these shapes."""
+    for what, t in params:
+        if t.shape != expected[what]:
+            raise RuntimeError(f"{name}: parameter {what} must have shape {expected[what]} for this module's sizes, "
+                               f"got {tuple(t.shape)}")
+
+
+def _matmul_dtype_message(a: torch.dtype, b: torch.dtype, bias: bool) -> str:
+    """ATen's message for a matmul of mixed dtypes, as torch.nn's cells raise it (addmm with a bias, mm without)."""
+    if bias:
+        return f"mat1 and mat2 must have the same dtype, but got {_C10_NAMES.get(a, a)} and {_C10_NAMES.get(b, b)}"
+    return f"expected m1 and m2 to have the same dtype, but got: {_CAFFE2_NAMES.get(a, a)} != {_CAFFE2_NAMES.get(b, b)}"
 
 
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
@@ -91,7 +142,9 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
     if isinstance(num_layers, numbers.Real) and num_layers <= 0:
         raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
     if not isinstance(num_layers, int):
-        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+        # (torch.nn has no check of its own here: its range(num_layers) raises)
+        raise TypeError(f"'{type(num_layers).__name__}' object cannot be interpreted as an integer (num_layers should "
+                        f"be of type int, got: {type(num_layers).__name__})")
     if proj_size < 0:
         raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size}")
     if proj_size >= hidden_size:
@@ -101,6 +154,10 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
 
 def _call(impl, *args):
     return impl(*args)
+
+
+# Each parameter's shape by name, per (mode, input_size, hidden_size, num_layers, bidirectional, proj_size).
+_PARAM_SHAPES: dict[tuple, dict] = {}
 
 
 class _RNNBase(nn.RNNBase):
@@ -122,17 +179,53 @@ class _RNNBase(nn.RNNBase):
     def _weights(self):
         return [getattr(self, name) for name in self._flat_weights_names]
 
+    def _param_shapes(self) -> dict:
+        """Each parameter's shape for this module's sizes, by name (nn.RNNBase's); computed once per sizes."""
+        key = (self.mode, self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.proj_size)
+        shapes = _PARAM_SHAPES.get(key)
+        if shapes is None:
+            shapes = _PARAM_SHAPES[key] = self._compute_param_shapes()
+        return shapes
+
+    def _compute_param_shapes(self) -> dict:
+        G = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        D = 2 if self.bidirectional else 1
+        H, P = self.hidden_size, self.proj_size if self.proj_size > 0 else self.hidden_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            for direction in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes["weight_ih" + sfx] = (G * H, self.input_size if layer == 0 else D * P)
+                shapes["weight_hh" + sfx] = (G * H, P)
+                shapes["bias_ih" + sfx] = shapes["bias_hh" + sfx] = (G * H,)
+                shapes["weight_hr" + sfx] = (P, H)
+        return shapes
+
     def forward(self, input, hx=None):
+        # torch.nn's checks, in its order (nn.RNN/LSTM/GRU.forward, check_forward_args, then ATen's
+        # check_attributes and the sequence length), then fastrnn's own (every parameter's dtype and shape).
         name = type(self).__name__
         is_lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
         weights = self._weights()
         w0 = weights[0]
+        autocast = torch._C._is_any_autocast_enabled()
+
+        def check_input_dtype(data):
+            if data.dtype != w0.dtype and not autocast:
+                raise ValueError(
+                    f"RNN input dtype ({data.dtype}) does not match weight dtype ({w0.dtype}). "
+                    f"Convert input: input.to({w0.dtype}), or convert model: model.to({data.dtype})"
+                )
 
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
+            check_input_dtype(data)
+            if data.dim() != 2:
+                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()} ({name}: PackedSequence.data must "
+                                   "be [sum(batch_sizes), features])")
             _check_batch_sizes(batch_sizes, data)
             B = int(batch_sizes[0])
             _check_permutation("sorted_indices", sorted_indices, B)
@@ -140,29 +233,69 @@ class _RNNBase(nn.RNNBase):
             is_batched = True
         else:
             if not isinstance(input, Tensor):
-                raise TypeError(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
+                raise _no_dim(input, f"{name}: input must be a Tensor or PackedSequence")
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D"
+                                 + (" tensor instead" if name == "RNN" else " instead"))
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             data = input if is_batched else input.unsqueeze(batch_dim)
             batch_sizes = sorted_indices = unsorted_indices = None
             B = data.size(batch_dim)
-            if data.size(1 - batch_dim) == 0:
-                raise RuntimeError(f"{name}: Expected input with at least one time step, got 0 (input shape "
-                                   f"{tuple(input.shape)})")
 
-        if data.dtype != w0.dtype and not torch._C._is_any_autocast_enabled():
-            raise ValueError(
-                f"{name}: input dtype ({data.dtype}) does not match weight dtype ({w0.dtype}). "
-                f"Convert input: input.to({w0.dtype}), or convert model: model.to({data.dtype})"
-            )
+        h_shape = (self.num_layers * D, B, P)
+        c_shape = (self.num_layers * D, B, self.hidden_size)
+        given = None  # the states as given, and their names
+        if hx is not None:
+            if is_lstm:
+                try:
+                    given = (hx[0], hx[1])
+                except IndexError as e:
+                    raise IndexError(f"{e} ({name}: hx must be a tuple (h_0, c_0))") from e
+            else:
+                given = (hx,)
+            for s in given:
+                if not isinstance(s, Tensor):
+                    raise _no_dim(s, f"{name}: hx must be " + ("a tuple of two Tensors" if is_lstm else "a Tensor"))
+            want_dim = 3 if is_batched else 2
+            if not packed and any(s.dim() != want_dim for s in given):  # (packed: the size check says it)
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                if is_lstm:
+                    raise RuntimeError(f"For {kind} input, hx and cx should also be {want_dim}-D but got "
+                                       f"({given[0].dim()}-D, {given[1].dim()}-D) tensors")
+                raise RuntimeError(f"For {kind} input, hx should also be {want_dim}-D but got {given[0].dim()}-D "
+                                   "tensor")
+        if not packed:
+            check_input_dtype(data)
         if data.size(-1) != self.input_size:
             raise RuntimeError(
-                f"{name}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.size(-1)}"
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {data.size(-1)}"
             )
-        if data.device != w0.device:
-            raise RuntimeError(f"{name}: input is on {data.device} but the parameters are on {w0.device}")
+        names = ("hx[0]", "hx[1]") if is_lstm else ("hx",)
+        if given is not None:
+            for i, (what, s, expected) in enumerate(zip(names, given, (h_shape, c_shape))):
+                shape = tuple(s.shape) if is_batched else (s.size(0), 1, *s.shape[1:])  # torch.nn's unsqueeze(1)
+                if shape != expected:
+                    label = f"hidden[{i}] size" if is_lstm else "hidden size"
+                    detail = "" if is_batched else (f" ({name}: {what} must be {expected[::2]} for unbatched input, "
+                                                    f"got {tuple(s.shape)})")
+                    raise RuntimeError(f"Expected {label} {expected}, got {list(shape)}{detail}")
+            if is_lstm and len(hx) != 2:
+                raise RuntimeError(f"lstm expects two hidden states ({name}: hx must be a tuple (h_0, c_0), got "
+                                   f"{len(hx)} tensors)")
+        named_states = list(zip(names, given)) if given is not None else []
+        named_params = list(zip(self._flat_weights_names, weights))
+        shapes = self._param_shapes()
+        checked = () if _params_match(named_params, data.device, None if autocast else data.dtype, shapes) else (
+            named_params)
+        _check_same(name, "device", data.device, named_states, checked)
+        if not packed and data.size(1 - batch_dim) == 0:
+            raise RuntimeError(f"Expected sequence length to be larger than 0 in RNN ({name}: input shape "
+                               f"{tuple(input.shape)} has no time steps)")
+        if not autocast:  # (autocast casts; the states are checked below, after the casts)
+            _check_same(name, "dtype", data.dtype, named_states, checked)
+        _check_param_shapes(name, checked, shapes)
+
         impl = functional.implementation_for(data.device, self.mode)
         # torch's own op (implementation_for says when) takes what torch.nn gives it, autocast doing its casts.
         cast_for_autocast = impl is not functional.torch_nn_rnn and torch._C._is_any_autocast_enabled()
@@ -173,30 +306,15 @@ class _RNNBase(nn.RNNBase):
             if dtype != w0.dtype:  # under autocast: torch.nn casts its weights (and states) too
                 weights = [w.to(dtype) for w in weights]
 
-        h_shape = (self.num_layers * D, B, P)
-        c_shape = (self.num_layers * D, B, self.hidden_size)
         if hx is None:
             h0 = data.new_zeros(h_shape)
             hx = (h0, data.new_zeros(c_shape)) if is_lstm else h0
         else:
-            want_dim = 3 if is_batched else 2
-            states = tuple(hx) if is_lstm else (hx,)
-            if is_lstm and len(states) != 2:
-                raise RuntimeError(f"{name}: hx must be a tuple (h_0, c_0), got {len(states)} tensors")
-            for s in states:
-                if not isinstance(s, Tensor):
-                    raise TypeError(f"{name}: hx must hold Tensors, got {type(s).__name__}")
+            states = given
             if cast_for_autocast:
                 states = tuple(s.to(dtype) if s.is_floating_point() else s for s in states)
-            if any(s.dim() != want_dim for s in states):
-                dims = ", ".join(f"{s.dim()}-D" for s in states)
-                kind = "batched 3-D" if is_batched else "unbatched 2-D"
-                raise RuntimeError(f"{name}: For {kind} input, hx should also be {want_dim}-D but got ({dims}) tensors")
-            # Checked as given, so the message shows the user's shapes (no batch dim when unbatched).
-            given_h, given_c = (h_shape, c_shape) if is_batched else (h_shape[::2], c_shape[::2])
-            _check_state(name, "hx[0]" if is_lstm else "hx", states[0], given_h, dtype, data.device)
-            if is_lstm:
-                _check_state(name, "hx[1]", states[1], given_c, dtype, data.device)
+            if autocast:
+                _check_same(name, "dtype", dtype, list(zip(names, states)), ())
             if not is_batched:
                 states = tuple(s.unsqueeze(1) for s in states)
             if sorted_indices is not None:
@@ -258,50 +376,121 @@ class GRU(_RNNBase):
 # ------------------------------------------------------------------ cells
 # A cell is one step of the layer op (T = 1, D = 1): the same kernels and gate math.
 
+def _check_cell_weight_rows(w_ih: Tensor, w_hh: Tensor, G: int, hidden: int) -> None:
+    for what, w in (("weight_ih", w_ih), ("weight_hh", w_hh)):
+        if w.dim() >= 1 and w.size(0) != G * hidden:
+            raise RuntimeError(f"{what} first dim must be {G} * hidden_size = {G * hidden}, but got {w.size(0)}")
+
+
+def _raise_cell_state_error(name: str, what: str, i: int, as_given: Tensor, s: Tensor, x: Tensor, hidden: int,
+                            hidden_size: int, is_batched: bool) -> None:
+    """ATen's check_rnn_cell_forward_hidden for state i (`s`: as torch.nn's op sees it, unsqueezed when the input
+    is unbatched), in its order; then fastrnn's own: a state of another rank, which torch.nn broadcasts."""
+    expected = (x.size(0), hidden_size) if is_batched else (hidden_size,)
+    detail = f" ({name}: {what} must have shape {expected}, got {tuple(as_given.shape)})"
+    if x.size(0) != s.size(0):
+        raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {s.size(0)}" + detail)
+    if s.dim() < 2:
+        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)" + detail)
+    if s.size(1) != hidden:
+        raise RuntimeError(f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, expected {hidden}" + detail)
+    raise RuntimeError(f"{name}: {what} must have shape {expected}, got {tuple(as_given.shape)}")
+
+
+_CELL_PARAM_SHAPES: dict[tuple, dict] = {}
+
+
+def _cell_param_shapes(G: int, input_size: int, hidden_size: int) -> dict:
+    key = (G, input_size, hidden_size)
+    shapes = _CELL_PARAM_SHAPES.get(key)
+    if shapes is None:
+        GH = G * hidden_size
+        shapes = _CELL_PARAM_SHAPES[key] = {"weight_ih": (GH, input_size), "weight_hh": (GH, hidden_size),
+                                            "bias_ih": (GH,), "bias_hh": (GH,)}
+    return shapes
+
+
 class _CellBase(nn.RNNCellBase):
     _mode = ""
+    _gates = 1
 
     def __prepare_scriptable__(self) -> nn.Module:
         return _prepare_scriptable(self)
 
     def _prepare(self, input: Tensor, states: tuple, n_states: int):
+        # torch.nn's checks, in its order: the ranks (nn.RNNCell/LSTMCell/GRUCell.forward), then those of
+        # ATen's cell op (check_rnn_cell_forward_input/_hidden, the weights' first dims, where each cell checks
+        # them), then devices and dtypes (where torch.nn fails inside its matmuls, or runs on), then fastrnn's own.
         name = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+            raise _no_dim(input, f"{name}: input must be a Tensor")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        names = [f"hx[{i}]" for i in range(len(states))] if n_states == 2 else ["hx"]
         for i, s in enumerate(states):
+            if s is not None and not isinstance(s, Tensor):
+                raise _no_dim(s, f"{name}: {names[i]} must be a Tensor")
             if s is not None and s.dim() not in (1, 2):
                 what = f"hx[{i}]" if n_states == 2 else "hidden"
                 raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
         is_batched = input.dim() == 2
+        if len(states) != n_states:  # (LSTMCell: hx not a pair)
+            detail = f" ({name}: hx must be a tuple (h_0, c_0), got {len(states)} tensors)"
+            if not is_batched and len(states) < 2:
+                raise IndexError("tuple index out of range" + detail)
+            raise RuntimeError("lstm_cell expects two hidden states" + detail)
         x = input if is_batched else input.unsqueeze(0)
-        w = self.weight_ih
-        if x.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
-            # RuntimeError, as torch.nn's cells raise for this (unlike its RNN/LSTM/GRU: ValueError).
-            raise RuntimeError(f"{name}: input dtype ({x.dtype}) does not match weight dtype ({w.dtype})")
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        G = self._gates
+        hidden = w_hh.size(1) if w_hh.dim() == 2 else self.hidden_size  # torch.nn's ops read both from the weights
+        if G == 1:  # (each of torch's cell ops checks its weights' rows at its own point)
+            _check_cell_weight_rows(w_ih, w_hh, G, hidden)
+        in_size = w_ih.size(1) if w_ih.dim() == 2 else self.input_size
+        if x.size(1) != in_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {in_size}")
+        if G == 4:
+            _check_cell_weight_rows(w_ih, w_hh, G, hidden)
+        # The states as torch.nn's ops see them: unsqueezed when the input is unbatched.
+        given = [None if s is None else (s if is_batched else s.unsqueeze(0)) for s in states]
+        for i, s in enumerate(given):
+            if s is not None and (s.dim() != 2 or s.size(0) != x.size(0) or s.size(1) != hidden):
+                _raise_cell_state_error(name, names[i], i, states[i], s, x, hidden, self.hidden_size, is_batched)
+        if G == 3:
+            _check_cell_weight_rows(w_ih, w_hh, G, hidden)
+        named_states = [(what, s) for what, s in zip(names, given) if s is not None]
+        named_params = [("weight_ih", w_ih), ("weight_hh", w_hh)]
+        if self.bias:
+            named_params += [("bias_ih", self.bias_ih), ("bias_hh", self.bias_hh)]
+        autocast = torch._C._is_any_autocast_enabled()
+        shapes = _cell_param_shapes(G, self.input_size, self.hidden_size)
+        checked = () if _params_match(named_params, x.device, None if autocast else x.dtype, shapes) else named_params
+        _check_same(name, "device", x.device, named_states, checked)
+        if not autocast:  # (autocast casts; the states are checked below, after the casts)
+            if x.dtype != w_ih.dtype:
+                raise RuntimeError(_matmul_dtype_message(x.dtype, w_ih.dtype, self.bias) + f" ({name}: input dtype "
+                                   f"({x.dtype}) does not match weight dtype ({w_ih.dtype}), that of weight_ih)")
+            for what, s in named_states[:1]:  # the hidden state h: torch.nn's matmul h @ weight_hh.T says so
+                if s.dtype != x.dtype:
+                    raise RuntimeError(_matmul_dtype_message(s.dtype, w_hh.dtype, self.bias) + f" ({name}: {what} "
+                                       f"has dtype {s.dtype}, expected {x.dtype}, the input's)")
+            _check_same(name, "dtype", x.dtype, named_states, checked)
+        _check_param_shapes(name, checked, shapes)
+        w = w_ih
         impl = functional.implementation_for(x.device, self._mode, is_cell=True)
         # torch's own cell op (implementation_for says when) takes what torch.nn gives it, autocast casting.
         cast_for_autocast = impl is not functional.torch_nn_rnn and torch._C._is_any_autocast_enabled()
         if cast_for_autocast:
             x = x.to(functional.autocast_dtype(self._mode, True, x.device, x.dtype) or w.dtype)
-        if x.size(1) != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
-        if x.device != w.device:
-            raise RuntimeError(f"{name}: input is on {x.device} but the parameters are on {w.device}")
         B = x.size(0)
         out = []
-        for i, s in enumerate(states):
+        for i, s in enumerate(given):
             if s is None:
                 s = x.new_zeros(B, self.hidden_size)
             else:
-                # Checked as given, so the message shows the user's shapes: [B, H], or [H] unbatched.
-                what = f"hx[{i}]" if n_states == 2 else "hx"
-                expected = (B, self.hidden_size) if is_batched else (self.hidden_size,)
                 if cast_for_autocast and s.is_floating_point():
                     s = s.to(x.dtype)  # as torch.nn's cells under autocast
-                _check_state(name, what, s, expected, x.dtype, x.device)
-                s = s if is_batched else s.unsqueeze(0)
+                if autocast:
+                    _check_same(name, "dtype", x.dtype, [(names[i], s)], ())
             out.append(s)
         return x, out, is_batched, impl
 
@@ -340,6 +529,7 @@ class LSTMCell(_CellBase):
     """Twin of torch.nn.LSTMCell."""
 
     _mode = "LSTM"
+    _gates = 4
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
@@ -354,6 +544,7 @@ class GRUCell(_CellBase):
     """Twin of torch.nn.GRUCell."""
 
     _mode = "GRU"
+    _gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
@@ -434,8 +625,10 @@ def _prepare_scriptable(module: nn.Module) -> nn.Module:
     # written for it: script torch.nn's twin on the same Parameters, so scripted models train the same weights
     # and save/load without fastrnn. Said once.
     functional._warn_once("script", "fastrnn: torch.jit.script compiles torch.nn's TorchScript code for fastrnn "
-                          f"layers (here {type(module).__name__}), on the same parameters: the scripted model runs "
-                          "torch's kernels, not fastrnn's.")
+                          f"layers (here {type(module).__name__}), on the same Parameters: the scripted model runs "
+                          "torch's kernels, not fastrnn's. torch's __prepare_scriptable__ protocol also puts those "
+                          "torch.nn modules into the model given to torch.jit.script; call fastrnn.convert(model) "
+                          "after scripting to run fastrnn's kernels in Python again.")
     return torch_nn_twin(module)
 
 

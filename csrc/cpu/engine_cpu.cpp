@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "fastrnn/device_checks.h"
 #include "fastrnn/engine_ops.h"
 #include "fastrnn/schemas.h"
 
@@ -33,6 +34,8 @@ struct CpuLauncher {
 TORCH_LIBRARY(fastrnn_engine_test, m) { define_layer_ops(m); }
 
 TORCH_LIBRARY_IMPL(fastrnn_engine_test, CPU, m) { register_ops<CpuLauncher>(m); }
+
+TORCH_LIBRARY_IMPL(fastrnn_engine_test, BackendSelect, m) { register_device_checks(m); }
 
 }  // namespace engine
 }  // namespace fastrnn

@@ -879,6 +879,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const at::Tensor lengths_c = lengths ? lengths->contiguous() : at::Tensor();
 
   LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save);
+  if (no_hidden_units(s)) {
+    return out.tuple();
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_layer_forward", [&] {
     Engine<Cell, scalar_t>::forward(s, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, out.y,
                                     out.hn, out.cn, out.workspace);
@@ -918,6 +921,9 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor saved = saved_in.contiguous();
 
   LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x);
+  if (no_hidden_units(s)) {
+    return zero_input_grads(g).tuple(x.options());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_layer_backward", [&] {
     Engine<Cell, scalar_t>::backward(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_c,
                                      active_rows, y, saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0,

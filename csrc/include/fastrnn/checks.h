@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -14,11 +15,15 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t, c
   TORCH_CHECK(t.sizes().equals(expected), op, ": ", name, " must have shape ", expected, " but got ", t.sizes());
 }
 
+inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(),
+              " (the device of the layer input) but is on ", t.device());
+}
+
 inline void check_same_dtype_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have dtype ", ref.scalar_type(),
               " (the dtype of the layer input) but got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref.device(),
-              " (the device of the layer input) but is on ", t.device());
+  check_same_device(op, name, t, ref);
 }
 
 // Sizes of one layer call. Letters as everywhere: D directions, T time, B batch,
@@ -40,8 +45,9 @@ inline at::Tensor check_input_args(const char* op, int64_t G, const at::Tensor& 
   check_same_dtype_device(op, "w_ih", w_ih, x);
   TORCH_CHECK(w_ih.size(0) == 1 || w_ih.size(0) == 2, op, ": w_ih.size(0) (directions) must be 1 or 2 but got ",
               w_ih.size(0));
-  TORCH_CHECK(w_ih.size(1) % G == 0 && w_ih.size(1) > 0, op, ": w_ih.size(1) must be a positive multiple of ", G,
-              " (gates) but got ", w_ih.size(1));
+  // H = 0 is allowed: torch.nn's cells run with hidden_size=0 (layer_io.h: no_hidden_units).
+  TORCH_CHECK(w_ih.size(1) % G == 0, op, ": w_ih.size(1) must be a multiple of ", G, " (gates) but got ",
+              w_ih.size(1));
   TORCH_CHECK(w_ih.size(2) == x.size(2), op, ": w_ih must be [D, G*H, I] with I = x.size(2) = ", x.size(2),
               " but got shape ", w_ih.sizes());
   if (b_ih.has_value()) {
@@ -67,8 +73,8 @@ inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& 
   s.B = x_proj.size(2);
   s.G = G;
   TORCH_CHECK(s.D == 1 || s.D == 2, op, ": x_proj.size(0) (directions) must be 1 or 2 but got ", s.D);
-  TORCH_CHECK(x_proj.size(3) % G == 0 && x_proj.size(3) > 0, op, ": x_proj.size(3) must be a positive multiple of ",
-              G, " (gates) but got ", x_proj.size(3));
+  TORCH_CHECK(x_proj.size(3) % G == 0, op, ": x_proj.size(3) must be a multiple of ", G, " (gates) but got ",
+              x_proj.size(3));
   s.H = x_proj.size(3) / G;
   TORCH_CHECK(w_hh.dim() == 3, op, ": w_hh must be 3-D [D, G*H, P] but got shape ", w_hh.sizes());
   s.P = w_hh.size(2);

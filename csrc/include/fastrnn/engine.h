@@ -586,6 +586,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const at::Tensor w_hh = w_hh_in.contiguous();
   const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
   LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save);
+  if (no_hidden_units(s)) {
+    return out.tuple();
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_forward", [&] {
     forward<Launcher, Cell, scalar_t>(s, x, w_ih, contiguous(b_ih_in), h0, c0, w_hh, contiguous(b_hh_in),
                                       contiguous(w_hr_in), lengths_dev, save, out.y, out.hn, out.cn, out.workspace);
@@ -617,6 +620,9 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor y = y_in.contiguous(), saved = saved_in.contiguous();
   const at::Tensor lengths_dev = device_lengths<Launcher>(lengths, x);
   LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x);
+  if (no_hidden_units(s)) {
+    return zero_input_grads(g).tuple(x.options());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_backward", [&] {
     backward<Launcher, Cell, scalar_t>(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_dev, y,
                                        saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0, g.grad_c0, g.grad_w_hh,

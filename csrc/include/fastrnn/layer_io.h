@@ -92,6 +92,18 @@ inline LayerGrads new_layer_grads(const at::Tensor& x, const LayerSizes& s, bool
           s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor()};
 }
 
+// A layer without hidden units (H = 0: torch.nn's cells accept hidden_size=0 and return [B, 0]) has
+// nothing to compute: its outputs (new_layer_outputs) have no elements, and so do its gradients but
+// grad_x, which is zero. The kernels are not entered (their blocking assumes H >= 1).
+inline bool no_hidden_units(const LayerSizes& s) { return s.H == 0; }
+
+inline LayerGrads zero_input_grads(LayerGrads g) {
+  if (g.grad_x.defined()) {
+    g.grad_x.zero_();
+  }
+  return g;
+}
+
 // layer_backward's results for the cells without a cell state (GRU, RNN): all but grad_c0 and grad_w_hr.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> without_cell_state(
     const std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>&
