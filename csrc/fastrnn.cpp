@@ -18,6 +18,7 @@
 #include <string>
 
 #include "cpu/panel_gemm.h"
+#include "cpu/scratch.h"
 #include "fastrnn/cuda_path.h"
 #include "fastrnn/device_checks.h"
 #include "fastrnn/schemas.h"
@@ -55,6 +56,12 @@ PYBIND11_MODULE(_C, module) {
 #endif
     return info;
   });
+  // The CPU kernels' kept scratch memory (cpu/scratch.h): fastrnn.empty_cache(), fastrnn.scratch_memory().
+  module.def("empty_scratch_cache", &fastrnn::cpu::empty_scratch_cache,
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("scratch_bytes_kept", &fastrnn::cpu::scratch_bytes_kept,
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("scratch_limit_bytes", &fastrnn::cpu::scratch_limit_bytes);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
   // included; callable without a GPU, for tests and for users asking what will run.
   module.def(

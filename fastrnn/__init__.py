@@ -77,5 +77,26 @@ def backend_info() -> dict:
     return info
 
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "backend_info", "functional",
-           "reference"]
+def empty_cache() -> int:
+    """Free the scratch memory fastrnn's CPU kernels keep between calls, every thread's; returns its bytes.
+
+    Each thread that ran fastrnn keeps its largest internal buffers (input projections, gate gradients), each
+    up to FASTRNN_SCRATCH_LIMIT_MB (default 256, read once; larger ones are freed when their call returns),
+    so that the next call does not pay for fresh pages. Like torch.cuda.empty_cache() for those buffers; a
+    buffer in use by a call running now is freed when that call returns. On CUDA fastrnn keeps nothing of
+    its own: its workspaces come from torch's caching allocator (torch.cuda.empty_cache()).
+    """
+    if functional.extension_error is not None:
+        return 0
+    return _C.empty_scratch_cache()
+
+
+def scratch_memory() -> dict:
+    """The CPU kernels' kept scratch memory: kept_bytes (now, over all threads) and limit_bytes (per buffer)."""
+    if functional.extension_error is not None:
+        return {"kept_bytes": 0, "limit_bytes": 0}
+    return {"kept_bytes": _C.scratch_bytes_kept(), "limit_bytes": _C.scratch_limit_bytes()}
+
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "backend_info", "empty_cache",
+           "scratch_memory", "functional", "reference"]

@@ -111,6 +111,13 @@ def _differentiable_backward(cell, ctx, inputs, grad_outputs):
     return [r for r, pos in zip(result, positions) if pos is not None]
 
 
+# _NOT_SAVED: the biases are kept on ctx, not saved for backward, so autograd's version check does not cover
+# them: an in-place edit of a bias between forward and backward runs, as it does in torch.nn (its composite
+# RNNs save no bias: a sum's gradient needs none). The first-order backward reads only their shapes; the
+# differentiable one (create_graph) their values. Where torch.nn's oneDNN LSTM does save them,
+# fastrnn.functional.rnn adds the check (_SavedForVersionCheck).
+
+
 def register(namespace: str) -> None:
     """Fake kernels and autograd for every op of `namespace` (fastrnn, or the engine's test-only library)."""
     ops = getattr(torch.ops, namespace)
@@ -119,12 +126,14 @@ def register(namespace: str) -> None:
     def lstm_setup_context(ctx, inputs, output):
         x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_backward = inputs
         y, _, _, workspace = output
-        ctx.save_for_backward(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace)
+        ctx.save_for_backward(x, w_ih, h0, c0, w_hh, w_hr, lengths, y, workspace)
+        ctx.biases = b_ih, b_hh  # (not saved: see _NOT_SAVED)
         ctx.saved = save_for_backward
         ctx.set_materialize_grads(False)
 
     def lstm_backward(ctx, grad_y, grad_hn, grad_cn, grad_workspace):
-        x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+        x, w_ih, h0, c0, w_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+        b_ih, b_hh = ctx.biases
         if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
             g = _differentiable_backward("lstm", ctx, (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths),
                                          (grad_y, grad_hn, grad_cn))
@@ -166,12 +175,14 @@ def _register_single_state(namespace, cell):
     def setup_context(ctx, inputs, output):
         x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save_for_backward = inputs
         y, _, workspace = output
-        ctx.save_for_backward(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace)
+        ctx.save_for_backward(x, w_ih, h0, w_hh, lengths, y, workspace)
+        ctx.biases = b_ih, b_hh  # (not saved: see _NOT_SAVED)
         ctx.saved = save_for_backward
         ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_y, grad_hn, grad_workspace):
-        x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace = ctx.saved_tensors
+        x, w_ih, h0, w_hh, lengths, y, workspace = ctx.saved_tensors
+        b_ih, b_hh = ctx.biases
         if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable
             g = _differentiable_backward(cell, ctx, (x, w_ih, b_ih, h0, None, w_hh, b_hh, None, lengths),
                                          (grad_y, grad_hn, None))

@@ -225,9 +225,49 @@ def _stack(ts):
     return ts[0].unsqueeze(0) if len(ts) == 1 else torch.stack(ts, 0)
 
 
+class _SavedForVersionCheck(torch.autograd.Function):
+    """The first n tensors, unchanged (as views), with the others saved for backward, which reads them: an
+    in-place edit of one of those between forward and backward raises autograd's error ("...modified by an
+    inplace operation"), as torch.nn's does for the tensors it saves. For those that torch.nn saves and
+    fastrnn's ops see only as copies: the weights of two directions (stacked), a packed input's data, and
+    the biases where torch.nn's oneDNN LSTM saves them (fastrnn's ops save no bias: fastrnn/_ops.py)."""
+
+    @staticmethod
+    def forward(ctx, n, *tensors):
+        ctx.save_for_backward(*tensors[n:])
+        ctx.n_saved = len(tensors) - n
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.saved_tensors  # the version check
+        return (None, *grads, *([None] * ctx.n_saved))
+
+
+def _with_version_check(values: list, originals: list) -> list:
+    if not originals:
+        return values
+    return list(_SavedForVersionCheck.apply(len(values), *values, *originals))
+
+
+def torch_nn_saves_output_and_biases(mode: str, input: Tensor, proj: bool, packed: bool) -> bool:
+    """Whether torch.nn's layer saves its biases and its output for backward, as measured (torch 2.14, CPU):
+    its oneDNN LSTM does (float32 on the CPU with oneDNN enabled, no projection, padded input); every other
+    path is composite ATen, which saves neither (the input, the states and the weights it saves everywhere).
+    The same in-place edits then raise in fastrnn as in torch.nn."""
+    return (mode == "LSTM" and input.device.type == "cpu" and input.dtype == torch.float32 and not proj
+            and not packed and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, dropout: float, training: bool,
-        bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None = None, proj: bool = False):
-    """See fastrnn.reference.rnn for the contract (identical)."""
+        bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None = None, proj: bool = False, *,
+        biases_saved: bool | None = None, output_saved: bool | None = None):
+    """See fastrnn.reference.rnn for the contract (identical).
+
+    What autograd's version check covers is torch.nn's: the input, the states and every weight always; the
+    biases and the output where torch.nn's layer saves them (torch_nn_saves_output_and_biases; its output
+    only with one direction, as two are concatenated). biases_saved and output_saved override that rule
+    (the cells: torch.nn's save no bias, and its RNNCell saves its output)."""
     op = getattr(torch.ops.fastrnn, _OPS[mode])
     is_lstm = mode == "LSTM"
     D = 2 if bidirectional else 1
@@ -246,11 +286,29 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
         input.requires_grad or any(w.requires_grad for w in weights) or h0_all.requires_grad
         or (c0_all is not None and c0_all.requires_grad)
     )
+    torch_nn_saves = need_grad and torch_nn_saves_output_and_biases(mode, input, proj, batch_sizes is not None)
+    saves_biases = torch_nn_saves if biases_saved is None else biases_saved
+    if output_saved is None:
+        output_saved = torch_nn_saves and D == 1
     h_n, c_n = [], []
     per_layer = reference.layer_weights(weights, bias, proj, num_layers, D)
     for layer, dirs in enumerate(per_layer):
-        w_ih, w_hh, b_ih, b_hh, w_hr = (_stack(ts) if ts[0] is not None else None for ts in zip(*dirs))
+        columns = list(zip(*dirs))  # w_ih, w_hh, b_ih, b_hh, w_hr: one per direction
+        stacked = [_stack(ts) if ts[0] is not None else None for ts in columns]
         x_layer = x.view(T, B, x.size(-1))
+        if need_grad:  # what torch.nn saves and the op sees only as a copy, or does not save (see above)
+            checked = [i for i, ts in enumerate(columns) if ts[0] is not None
+                       and (saves_biases if i in (2, 3) else D == 2)]
+            originals = [t for i in checked for t in columns[i]]
+            if layer == 0 and batch_sizes is not None:  # (the op's x is the padded copy of the packed data)
+                checked, originals = checked + [5], originals + [input]
+            values = _with_version_check([x_layer if i == 5 else stacked[i] for i in checked], originals)
+            for i, v in zip(checked, values):
+                if i == 5:
+                    x_layer = v
+                else:
+                    stacked[i] = v
+        w_ih, w_hh, b_ih, b_hh, w_hr = stacked
         h0 = h0_all[layer * D:(layer + 1) * D]
         if is_lstm:
             c0 = c0_all[layer * D:(layer + 1) * D]
@@ -271,6 +329,8 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
         output = x.index_select(0, rows)
     else:
         output = x.view(T, B, x.size(-1))
+        if need_grad and not output_saved:  # the op saved y, this very tensor: hand out a copy
+            output = output.clone()
         if batch_first:
             output = output.transpose(0, 1)
     hidden = _cat_layers(h_n)

@@ -10,6 +10,7 @@ Weights are read by attribute on every forward, so parametrizations and weight n
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -500,9 +501,16 @@ class _CellBase(nn.RNNCellBase):
             return functional.torch_nn_cell(self._mode, x, states, weights)
         weights = [w.to(x.dtype) for w in weights]  # a no-op unless autocast chose another dtype
         hx = (states[0].unsqueeze(0), states[1].unsqueeze(0)) if len(states) == 2 else states[0].unsqueeze(0)
-        _, hidden = functional.run_without_autocast(impl, self._mode, x.unsqueeze(0), hx, weights, self.bias, 1, 0.0,
-                                                    False, False, False)
-        return tuple(h[0] for h in hidden) if len(states) == 2 else hidden[0]
+        if impl is functional.rnn:
+            # What torch.nn's cells save for backward: no bias; RNNCell its output (tanh's and relu's gradients
+            # use it), so an in-place edit of that raises at backward: it returns the op's y (saved by the op),
+            # the other cells their h_n (not saved).
+            impl = functools.partial(impl, biases_saved=False, output_saved=True)
+        output, hidden = functional.run_without_autocast(impl, self._mode, x.unsqueeze(0), hx, weights, self.bias, 1,
+                                                         0.0, False, False, False)
+        if len(states) == 2:
+            return tuple(h[0] for h in hidden)
+        return output[0] if self._mode.startswith("RNN") else hidden[0]
 
 
 class RNNCell(_CellBase):

@@ -59,9 +59,13 @@ struct Math<at::vec::Vectorized<S>> : VecMath<S> {};
 // unit): Sleef's exp is an out-of-line call that spills, and each of the five divisions
 // per unit costs ~10 cycles of throughput. Here exp is inline (range reduction to
 // |r| <= ln2/2, Taylor series to r^7: truncation < 6e-9 relative, under float's 6e-8
-// epsilon) and 1/d is the hardware reciprocal estimate plus one Newton step (relative
-// error ~2^-28 before rounding). tests/test_activations.py checks both against float64 over
-// [-100, 100], infinities and NaN, at every capability this CPU has. Internal linkage: the
+// epsilon) and 1/d is the hardware reciprocal estimate plus two Newton steps.
+// Saturation is exact: sigmoid and tanh are exactly 0 / 1 (tanh: +-1) wherever torch's are
+// (thresholds below sigmoid), so their derivatives from the saved values, s (1 - s) and
+// 1 - t^2, are exactly 0 there. One Newton step from AVX2's 12-bit estimate left 1/1 =
+// 1 - 2^-24: an open LSTM forget gate then leaked its state through the recurrence, and
+// saturated units had gradients of ~6e-8 times the input. tests/test_activations.py sweeps every float range against torch's own sigmoid
+// and tanh and against float64, at every capability this CPU has. Internal linkage: the
 // AVX2 and AVX-512 builds define the same names on different vector types.
 namespace {
 namespace simd {
@@ -122,20 +126,42 @@ inline R exp_clamped(R x) {
   return times_pow2(p, n);
 }
 
-// 1 / d for finite d > 0: the estimate refined by one Newton step, r + r (1 - d r).
+// 1 / d for finite d > 0: the estimate refined by two Newton steps, r + r (1 - d r), each
+// squaring the relative error (AVX2: 2^-12 -> 2^-24 -> 2^-48; AVX-512: from 2^-14). With
+// one step, AVX2's 1 / 1 came out as 1 - 2^-24 (see above); the second rounds it to 1.
 inline R reciprocal(R d) {
-  const R r = reciprocal_estimate(d);
+  R r = reciprocal_estimate(d);
+  r = fmadd(r, fnmadd(d, r, set1(1.f)), r);
   return fmadd(r, fnmadd(d, r, set1(1.f)), r);
 }
 
-inline R sigmoid(R x) { return reciprocal(add(set1(1.f), exp_clamped(sub(set1(0.f), x)))); }
+// Where torch's float32 sigmoid and tanh saturate (its 1 / (1 + exp(-x)), and its tanh), as measured
+// over every float: exactly there, not a few floats later, since this exp and torch's differ by an
+// ulp or so and 1 + e rounding to 1 is decided by the last bit. sigmoid is 1 from 16.6355 (the
+// correctly rounded one from 17.33: torch's formula rounds 1 + e first), and 0 below -88.72, where
+// exp(-x) overflows (1 / inf; the clamp here keeps exp finite). tanh is +-1 from |x| = 9.0108.
+// The comparisons are false for NaN, which passes through.
+constexpr float kSigmoidZeroBelow = -88.72283172607422f;  // the float just above -ln(FLT_MAX)
+constexpr float kSigmoidOneAbove = 16.635530471801758f;   // the float just below 16.63553237915039
+constexpr float kTanhOneAbove = 9.010839462280273f;       // the float just below 9.01084041595459
+
+inline R sigmoid(R x) {
+  const R s = reciprocal(add(set1(1.f), exp_clamped(sub(set1(0.f), x))));
+  return select_if_less(x, set1(kSigmoidZeroBelow), set1(0.f), select_if_less(set1(kSigmoidOneAbove), x, set1(1.f), s));
+}
 
 // Same split as the generic tanh above; the series stops at x^13 (truncation < 3e-11).
 inline R tanh(R x) {
   const R sign = bit_and(x, set1(-0.f));
   const R a = bit_andnot(set1(-0.f), x);
   const R e = exp_clamped(mul(a, set1(-2.f)));
-  const R large = bit_or(mul(sub(set1(1.f), e), reciprocal(add(set1(1.f), e))), sign);
+  const R r = reciprocal(add(set1(1.f), e));
+  // For e < 1/4 (|x| > 0.69), 1 - 2e / (1 + e) with one rounding: 1 exactly where the correctly
+  // rounded tanh is 1, not where 1 + e first rounds to 1 (a ulp early). Closer to 0 the
+  // subtraction would cancel, and (1 - e) / (1 + e) is the accurate form.
+  const R near_one = fnmadd(add(e, e), r, set1(1.f));
+  const R magnitude = select_if_less(e, set1(0.25f), near_one, mul(sub(set1(1.f), e), r));
+  const R large = bit_or(select_if_less(set1(kTanhOneAbove), a, set1(1.f), magnitude), sign);
   const R a2 = mul(a, a);
   R p = set1(21844.f / 6081075);
   for (const float c : {-1382.f / 155925, 62.f / 2835, -17.f / 315, 2.f / 15, -1.f / 3, 1.f}) p = fmadd(p, a2, set1(c));

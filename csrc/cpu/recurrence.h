@@ -37,35 +37,11 @@
 #include "fastrnn/checks.h"
 #include "fastrnn/layer_io.h"
 #include "panel_gemm.h"
+#include "scratch.h"
 #include "rows.h"
 
 namespace fastrnn {
 namespace cpu {
-
-// Scratch memory kept from one call to the next. The big internal buffers (every step's input
-// projection, the gate gradients: [T, B, G*H], tens of MB at T=100, B=64, H=512) otherwise come
-// from fresh pages on every call, since glibc serves blocks over 32 MB by mmap and unmaps them
-// on free, and the page faults of first touch measured ~35 ms per such buffer there (LSTM
-// forward: ~15%). So each thread keeps its largest buffer per slot, as cuDNN keeps a workspace;
-// the memory held is at most one layer's scratch (about 2 [T, B, G*H] + [T, B, P] tensors) per
-// thread that ran fastrnn. Outputs never live here. With FASTRNN_DEBUG=1 scratch is NaN-filled.
-enum ScratchSlot { kScratchProjection, kScratchGateGrads, kScratchRecurrentGateGrads, kScratchPrevStates,
-                   kScratchSlots };
-
-inline at::Tensor scratch(ScratchSlot slot, const at::Tensor& like, at::IntArrayRef sizes) {
-  thread_local std::array<at::Tensor, kScratchSlots> buffers;
-  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(like.element_size());
-  at::Tensor& buffer = buffers[slot];
-  if (!buffer.defined() || buffer.numel() < bytes) {
-    buffer = at::Tensor();  // free the smaller one first
-    buffer = at::empty({bytes}, like.options().dtype(at::kByte));
-  }
-  at::Tensor t = buffer.narrow(0, 0, bytes).view(like.scalar_type()).view(sizes);
-  if (debug_poison()) {
-    t.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  return t;
-}
 
 // Rows per task for at::parallel_for: enough work per task to pay for the thread hand-off.
 inline int64_t row_grain(int64_t work_per_row) {

@@ -1,0 +1,166 @@
+"""The CPU kernels' kept scratch memory: fastrnn.empty_cache(), FASTRNN_SCRATCH_LIMIT_MB, threads.
+
+Each thread keeps its largest internal buffer per slot (csrc/cpu/scratch.h) up to a limit per buffer;
+empty_cache() frees every thread's; a thread's go when it exits. Results never depend on any of it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+import fastrnn
+
+pytestmark = pytest.mark.skipif(not fastrnn.backend_info()["cpu_kernels"], reason="needs the compiled CPU kernels")
+
+
+def _problem(T=40, B=8, H=64):
+    torch.manual_seed(0)
+    return fastrnn.LSTM(16, H, num_layers=2), torch.randn(T, B, 16)
+
+
+def _train_step(T=40, B=8, H=64, problem=None):
+    """One forward and backward of a 2-layer LSTM (input projection and gate-gradient buffers of [T, B, 4H]).
+    problem: a (module, input) to share between threads (torch's global generator is not for concurrent use)."""
+    m, x = problem or _problem(T, B, H)
+    x = x.clone().requires_grad_()
+    out, (h, c) = m(x)
+    grads = torch.autograd.grad(out.sum() + h.sum() + c.sum(), [x, *m.parameters()])
+    return [out.detach(), h.detach(), c.detach(), *grads]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_empty_cache_frees_what_is_kept_and_results_stay_the_same():
+    fastrnn.empty_cache()
+    assert fastrnn.scratch_memory()["kept_bytes"] == 0
+    first = _train_step()
+    kept = fastrnn.scratch_memory()["kept_bytes"]
+    # at least the forward's input projection and the backward's gate gradients, [T, B, 4H] float each
+    assert kept >= 2 * 40 * 8 * 4 * 64 * 4, kept
+    assert fastrnn.empty_cache() == kept
+    assert fastrnn.scratch_memory()["kept_bytes"] == 0
+    assert fastrnn.empty_cache() == 0
+    assert _same(_train_step(), first)  # fresh buffers: the same numbers
+    assert _same(_train_step(), first)  # reused buffers: the same numbers
+    assert fastrnn.scratch_memory()["kept_bytes"] == kept
+
+
+def test_default_limit():
+    info = fastrnn.scratch_memory()
+    if "FASTRNN_SCRATCH_LIMIT_MB" in os.environ:
+        pytest.skip("FASTRNN_SCRATCH_LIMIT_MB is set in this environment")
+    assert info["limit_bytes"] == 256 << 20
+
+
+def test_a_thread_s_buffers_go_when_it_exits():
+    fastrnn.empty_cache()
+    results = []
+    problem = _problem()
+    worker = threading.Thread(target=lambda: results.append(_train_step(problem=problem)))
+    worker.start()
+    worker.join()
+    assert fastrnn.scratch_memory()["kept_bytes"] == 0  # (the worker kept some while it ran: see below)
+    assert _same(results[0], _train_step(problem=problem))
+    assert fastrnn.scratch_memory()["kept_bytes"] > 0
+
+
+def test_empty_cache_frees_the_buffers_of_other_threads():
+    fastrnn.empty_cache()
+    ran, release = threading.Event(), threading.Event()
+
+    problem = _problem()
+
+    def work():
+        _train_step(problem=problem)
+        ran.set()
+        release.wait(60)  # alive, holding its buffers, until the main thread has looked
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert ran.wait(60)
+        kept = fastrnn.scratch_memory()["kept_bytes"]
+        assert kept > 0
+        assert fastrnn.empty_cache() == kept
+        assert fastrnn.scratch_memory()["kept_bytes"] == 0
+    finally:
+        release.set()
+        worker.join()
+
+
+def test_empty_cache_while_other_threads_run():
+    """empty_cache() from one thread while others run forward and backward: every result is still exact."""
+    problem = _problem()
+    expected = _train_step(problem=problem)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(6):
+                if not _same(_train_step(problem=problem), expected):
+                    errors.append("a result changed")
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for w in workers:
+        w.start()
+    while any(w.is_alive() for w in workers):
+        fastrnn.empty_cache()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+
+
+_LIMIT_SCRIPT = r"""
+import json, sys, torch, fastrnn
+sys.path.insert(0, sys.argv[1])
+from test_scratch import _train_step
+small = _train_step(T=4, B=2, H=8)           # buffers of a few kB: under any limit but 0
+kept_small = fastrnn.scratch_memory()["kept_bytes"]
+big = _train_step(T=400, B=16, H=128)         # buffers of 400 * 16 * 512 * 4 bytes = 13 MB: over a 1 MB limit
+print(json.dumps({"limit": fastrnn.scratch_memory()["limit_bytes"], "kept_small": kept_small,
+                  "kept_after_big": fastrnn.scratch_memory()["kept_bytes"],
+                  "sums": [float(t.double().sum()) for t in small + big]}))
+"""
+
+
+def _run_with_limit(limit):
+    env = dict(os.environ)
+    env.pop("FASTRNN_SCRATCH_LIMIT_MB", None)
+    if limit is not None:
+        env["FASTRNN_SCRATCH_LIMIT_MB"] = limit
+    done = subprocess.run([sys.executable, "-c", _LIMIT_SCRIPT, os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done
+
+
+def test_limit_keeps_only_buffers_up_to_it_and_results_do_not_change():
+    import json
+
+    runs = {}
+    for limit in (None, "1", "0"):
+        done = _run_with_limit(limit)
+        assert done.returncode == 0, done.stderr
+        runs[limit] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs[None]["limit"] == 256 << 20 and runs["1"]["limit"] == 1 << 20 and runs["0"]["limit"] == 0
+    assert runs[None]["kept_after_big"] > 13_000_000  # kept under the default limit
+    assert 0 < runs["1"]["kept_small"] == runs["1"]["kept_after_big"] <= 4 << 20  # the big ones went
+    assert runs["0"]["kept_small"] == runs["0"]["kept_after_big"] == 0
+    assert runs[None]["sums"] == runs["1"]["sums"] == runs["0"]["sums"]
+
+
+@pytest.mark.parametrize("value", ("lots", "-1", "1.5"))
+def test_bad_limit_is_a_clear_error(value):
+    done = _run_with_limit(value)
+    assert done.returncode != 0
+    assert "FASTRNN_SCRATCH_LIMIT_MB must be a whole number of megabytes >= 0" in done.stderr, done.stderr[-2000:]
+    assert f"got '{value}'" in done.stderr
