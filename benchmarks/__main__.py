@@ -13,6 +13,8 @@ Exits 1 if any row failed its check or raised (the compiled reference excepted: 
     python -m benchmarks --cells lstm --modes training --compare fastrnn,torch --repeats 30
     python -m benchmarks --device cuda --grid gpu --dtypes bfloat16 --cells gru --compare fastrnn,torch
     python -m benchmarks --device cuda --grid anchor --dtypes float16      # the published anchor shape
+    python -m benchmarks --grid streaming     # T=1 calls and cell loops, 1 and 2 threads (benchmarks/small_calls.py)
+    python -m benchmarks --grid packed        # PackedSequence: vs fastrnn padded and vs torch.nn packed
 
 On CUDA, --tf32 on|off sets torch.backends.cudnn.allow_tf32 for the float32 rows: torch.nn's cuDNN RNNs
 follow it, and so do fastrnn's float32 GEMMs (csrc/cuda/layers.cu); timing uses CUDA events.
@@ -42,6 +44,9 @@ WARMUP = (2, 1)
 REPEATS = (20, 5)
 MAX_SECONDS = (60.0, 2.0)  # per row: no new round after this, once timing.MIN_ROUNDS are done
 LM_STEPS = (100, 40)
+# The grids of benchmarks/small_calls.py (their own tables), and their default rounds.
+SMALL_CALL_GRIDS = ("streaming", "packed")
+SMALL_CALL_REPEATS = 7
 # The compiled reference takes about a minute per shape and mode to compile on a CPU: not in --quick.
 QUICK_IMPLS = ("fastrnn", "torch", "reference")
 
@@ -65,9 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"the small grid ({len(GRIDS['quick'])} cases), implementations {','.join(QUICK_IMPLS)}, "
                         f"warm-up {WARMUP[1]}, at most {REPEATS[1]} rounds and about {MAX_SECONDS[1]:g} s per row, "
                         f"{LM_STEPS[1]} language-model steps")
-    p.add_argument("--grid", choices=tuple(GRIDS),
+    p.add_argument("--grid", choices=tuple(GRIDS) + SMALL_CALL_GRIDS,
                    help="cpu: the full CPU grid (default); quick: --quick's; gpu: issue 3's GPU grid; "
-                        "anchor: LSTM T=1024 B=16 H=768")
+                        "anchor: LSTM T=1024 B=16 H=768; streaming: T=1 calls and cell loops (B 1, 8; H 64, 256, "
+                        "512); packed: PackedSequence vs padded vs torch.nn packed (benchmarks/small_calls.py; "
+                        "both at 1 and 2 threads unless --threads, CPU only)")
     p.add_argument("--cells", type=_list_arg(CELLS), default=list(CELLS),
                    help=f"comma list of {', '.join(CELLS)} (default: all)")
     p.add_argument("--dtypes", type=_list_arg(DTYPES), default=["float32"],
@@ -97,7 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.grid = args.grid or ("quick" if args.quick else "cpu")
-    args.repeats = REPEATS[q] if args.repeats is None else args.repeats
+    small_calls_grid = args.grid in SMALL_CALL_GRIDS
+    args.repeats = (SMALL_CALL_REPEATS if small_calls_grid else REPEATS[q]) if args.repeats is None else args.repeats
     args.warmup = WARMUP[q] if args.warmup is None else args.warmup
     args.max_time = MAX_SECONDS[q] if args.max_time is None else args.max_time
     args.lm_steps = LM_STEPS[q] if args.lm_steps is None else args.lm_steps
@@ -107,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--repeats, --warmup and --threads must be at least 1, --lm-steps at least 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device here")
+    if small_calls_grid and args.device != "cpu":
+        p.error(f"--grid {args.grid} runs on the CPU only")
     if args.tf32 is not None and (args.device != "cuda" or "float32" not in args.dtypes):
         p.error("--tf32 applies to --device cuda with float32 in --dtypes only")
     return args
@@ -196,6 +206,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.grid in SMALL_CALL_GRIDS:
+        from . import small_calls
+
+        return small_calls.main(args.grid, args)
     if args.tf32 is not None:
         torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     started = time.perf_counter()

@@ -39,6 +39,9 @@ TORCH_LIBRARY(fastrnn, m) {
 // Every tensor argument on x's device, whatever backend the dispatcher would pick (fastrnn/device_checks.h).
 TORCH_LIBRARY_IMPL(fastrnn, BackendSelect, m) { fastrnn::register_device_checks(m); }
 
+// The _no_grad ops' autograd (fastrnn/schemas.h); the others' is registered from Python (fastrnn/_ops.py).
+TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) { fastrnn::register_no_grad_autograd(m); }
+
 PYBIND11_MODULE(_C, module) {
   module.doc() = "fastrnn compiled kernels; the ops live under torch.ops.fastrnn";
   module.def("build_info", [] {

@@ -9,6 +9,10 @@ gradient, the backward differentiates fastrnn.reference.layer (plain PyTorch, th
 inputs instead of running the backward kernel, so the gradient is itself differentiable to any order, on
 every device. The first-order path (create_graph=False) is the kernels' and is unchanged.
 
+Each *_layer op has a twin, *_layer_no_grad: the same kernels and fake, and a C++ autograd kernel that refuses
+gradients (csrc/include/fastrnn/schemas.h), for the calls that need none: the Python autograd formula's
+dispatch cost a small call ~11 us (fastrnn.functional chooses between them).
+
 The same autograd is registered for the test-only ops of the device-generic engine (namespace
 fastrnn_engine_test, csrc/cpu/engine_cpu.cpp), so the engine's path is tested on the CPU too.
 """
@@ -41,21 +45,27 @@ def _lstm_layer_fake(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save_for_
     return y, hn, x.new_empty(w_ih.shape[0], x.shape[1], H), workspace
 
 
+def _like(t):
+    """A fake result shaped like t, contiguous as the kernels return it (torch.empty_like would copy t's strides:
+    a transposed x, batch_first's, then gave compiled graphs a grad_x of strides the kernel does not produce)."""
+    return t.new_empty(t.shape)
+
+
 def _fake_input_grads(x, w_ih, b_ih, need_grad_x):
     """Fake grad_x, grad_w_ih, grad_b_ih: empty [0] where the op computes nothing."""
-    return (torch.empty_like(x) if need_grad_x else x.new_empty(0), torch.empty_like(w_ih),
-            torch.empty_like(b_ih) if b_ih is not None else x.new_empty(0))
+    return (_like(x) if need_grad_x else x.new_empty(0), _like(w_ih),
+            _like(b_ih) if b_ih is not None else x.new_empty(0))
 
 
 def _lstm_layer_backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, y,
                               workspace, need_grad_x):
     return (
         *_fake_input_grads(x, w_ih, b_ih, need_grad_x),
-        torch.empty_like(h0),
-        torch.empty_like(c0),
-        torch.empty_like(w_hh),
-        torch.empty_like(b_hh) if b_hh is not None else y.new_empty(0),
-        torch.empty_like(w_hr) if w_hr is not None else y.new_empty(0),
+        _like(h0),
+        _like(c0),
+        _like(w_hh),
+        _like(b_hh) if b_hh is not None else y.new_empty(0),
+        _like(w_hr) if w_hr is not None else y.new_empty(0),
     )
 
 
@@ -148,6 +158,7 @@ def register(namespace: str) -> None:
                 _optional_grad(g_bhh, b_hh), _optional_grad(g_whr, w_hr), None, None)
 
     torch.library.register_fake(f"{namespace}::lstm_layer")(_lstm_layer_fake)
+    torch.library.register_fake(f"{namespace}::lstm_layer_no_grad")(_lstm_layer_fake)
     torch.library.register_fake(f"{namespace}::lstm_layer_backward")(_lstm_layer_backward_fake)
     torch.library.register_autograd(f"{namespace}::lstm_layer", lstm_backward, setup_context=lstm_setup_context)
     torch.library.register_autograd(f"{namespace}::lstm_layer_backward", _backward_op_is_not_differentiable)
@@ -167,9 +178,9 @@ def _register_single_state(namespace, cell):
     def fake_backward(grad_y, grad_hn, x, w_ih, b_ih, h0, w_hh, b_hh, lengths, y, workspace, need_grad_x):
         return (
             *_fake_input_grads(x, w_ih, b_ih, need_grad_x),
-            torch.empty_like(h0),
-            torch.empty_like(w_hh),
-            torch.empty_like(b_hh) if b_hh is not None else y.new_empty(0),
+            _like(h0),
+            _like(w_hh),
+            _like(b_hh) if b_hh is not None else y.new_empty(0),
         )
 
     def setup_context(ctx, inputs, output):
@@ -195,6 +206,7 @@ def _register_single_state(namespace, cell):
                 _optional_grad(g_bhh, b_hh), None, None)
 
     torch.library.register_fake(f"{namespace}::{op}")(fake)
+    torch.library.register_fake(f"{namespace}::{op}_no_grad")(fake)
     torch.library.register_fake(f"{namespace}::{op}_backward")(fake_backward)
     torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup_context)
     torch.library.register_autograd(f"{namespace}::{op}_backward", _backward_op_is_not_differentiable)

@@ -24,6 +24,12 @@ from . import reference
 
 _OPS = {"LSTM": "lstm_layer", "GRU": "gru_layer", "RNN_TANH": "rnn_tanh_layer", "RNN_RELU": "rnn_relu_layer"}
 
+
+def layer_op(mode: str, need_grad: bool):
+    """The op of one layer: *_layer when a gradient is needed (its autograd formula is fastrnn/_ops.py's), else
+    its twin *_layer_no_grad (the same kernels, without Python's autograd dispatch: ~11 us a call)."""
+    return getattr(torch.ops.fastrnn, _OPS[mode] if need_grad else _OPS[mode] + "_no_grad")
+
 # Set by fastrnn/__init__.py: None when the extension loaded, else the import error.
 extension_error: Exception | None = None
 _warned: set[str] = set()
@@ -268,24 +274,25 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     biases and the output where torch.nn's layer saves them (torch_nn_saves_output_and_biases; its output
     only with one direction, as two are concatenated). biases_saved and output_saved override that rule
     (the cells: torch.nn's save no bias, and its RNNCell saves its output)."""
-    op = getattr(torch.ops.fastrnn, _OPS[mode])
     is_lstm = mode == "LSTM"
     D = 2 if bidirectional else 1
     h0_all, c0_all = (hx[0], hx[1]) if is_lstm else (hx, None)
+    # (A small call pays ~1-2 us for every tensor method called here: none is called without need.)
     if batch_sizes is not None:
         T, B = batch_sizes.numel(), int(batch_sizes[0])
         rows = _packed_rows(batch_sizes, input.device)
         lengths = lengths_from_batch_sizes(batch_sizes)
-        x = input.new_zeros(T * B, input.size(-1)).index_copy(0, rows, input)
+        x = input.new_zeros(T * B, input.size(-1)).index_copy(0, rows, input).view(T, B, input.size(-1))
     else:
-        x = input.transpose(0, 1) if batch_first else input
-        T, B = x.size(0), x.size(1)
+        # [T, B, I]. batch_first: a copy, as torch.nn's layers make (an in-place edit of the input then does not
+        # reach what backward reads, tests/test_inplace.py); else the input itself (contiguous or not: the op's).
+        x = input.transpose(0, 1).contiguous() if batch_first else input
         lengths = None
-        x = x.reshape(T * B, x.size(-1))
     need_grad = torch.is_grad_enabled() and (
         input.requires_grad or any(w.requires_grad for w in weights) or h0_all.requires_grad
         or (c0_all is not None and c0_all.requires_grad)
     )
+    op = layer_op(mode, need_grad)
     torch_nn_saves = need_grad and torch_nn_saves_output_and_biases(mode, input, proj, batch_sizes is not None)
     saves_biases = torch_nn_saves if biases_saved is None else biases_saved
     if output_saved is None:
@@ -295,40 +302,36 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     for layer, dirs in enumerate(per_layer):
         columns = list(zip(*dirs))  # w_ih, w_hh, b_ih, b_hh, w_hr: one per direction
         stacked = [_stack(ts) if ts[0] is not None else None for ts in columns]
-        x_layer = x.view(T, B, x.size(-1))
         if need_grad:  # what torch.nn saves and the op sees only as a copy, or does not save (see above)
             checked = [i for i, ts in enumerate(columns) if ts[0] is not None
                        and (saves_biases if i in (2, 3) else D == 2)]
-            originals = [t for i in checked for t in columns[i]]
-            if layer == 0 and batch_sizes is not None:  # (the op's x is the padded copy of the packed data)
-                checked, originals = checked + [5], originals + [input]
-            values = _with_version_check([x_layer if i == 5 else stacked[i] for i in checked], originals)
+            values = _with_version_check([stacked[i] for i in checked], [t for i in checked for t in columns[i]])
             for i, v in zip(checked, values):
-                if i == 5:
-                    x_layer = v
-                else:
-                    stacked[i] = v
+                stacked[i] = v
+            if layer == 0 and batch_sizes is not None:  # (the op's x is the padded copy of the packed data)
+                x = _with_version_check([x], [input])[0]
         w_ih, w_hh, b_ih, b_hh, w_hr = stacked
-        h0 = h0_all[layer * D:(layer + 1) * D]
+        h0 = h0_all if num_layers == 1 else h0_all[layer * D:(layer + 1) * D]
         if is_lstm:
-            c0 = c0_all[layer * D:(layer + 1) * D]
-            y, hn, cn, _ = op(x_layer, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, need_grad)
+            c0 = c0_all if num_layers == 1 else c0_all[layer * D:(layer + 1) * D]
+            y, hn, cn, _ = op(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, need_grad)
             c_n.append(cn)
         else:
-            y, hn, _ = op(x_layer, w_ih, b_ih, h0, w_hh, b_hh, lengths, need_grad)
+            y, hn, _ = op(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, need_grad)
         h_n.append(hn)
-        y = y.view(T * B, y.size(-1))
         if dropout > 0 and training and layer < num_layers - 1:
             # The same layout torch.nn draws its mask on: packed data, or the [T, B, D*P] output.
             if batch_sizes is not None:
-                y = y.new_zeros(y.shape).index_copy(0, rows, F.dropout(y.index_select(0, rows), dropout, True))
+                flat = y.view(-1, y.size(-1))
+                y = flat.new_zeros(flat.shape).index_copy(0, rows, F.dropout(flat.index_select(0, rows), dropout,
+                                                                             True)).view(y.shape)
             else:
                 y = F.dropout(y, dropout, True)
-        x = y
+        x = y  # [T, B, D*P]
     if batch_sizes is not None:
-        output = x.index_select(0, rows)
+        output = x.view(-1, x.size(-1)).index_select(0, rows)
     else:
-        output = x.view(T, B, x.size(-1))
+        output = x
         if need_grad and not output_saved:  # the op saved y, this very tensor: hand out a copy
             output = output.clone()
         if batch_first:
@@ -337,6 +340,29 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     if is_lstm:
         return output, (hidden, _cat_layers(c_n))
     return output, hidden
+
+
+def cell_step(mode: str, x: Tensor, states: list, weights: list):
+    """One step of a cell on the kernels (the layer op with T = 1, D = 1), with the least work around the op:
+    x [B, I], states [h] or [h, c] ([B, H] each), weights [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh]. Returns h, or
+    (h, c) for LSTM.
+
+    What autograd's version check covers is torch.nn's cells': the input, the states and the weights (the op
+    saves them), no bias (the op keeps them unsaved), and RNNCell's output (tanh's and relu's gradients use it): it
+    returns the op's y, which the op saves, so an in-place edit of it raises at backward; LSTMCell and GRUCell
+    return h_n, which nothing saves."""
+    need_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(w.requires_grad for w in weights) or any(s.requires_grad for s in states))
+    op = layer_op(mode, need_grad)
+    w_ih, w_hh, *biases = [w.unsqueeze(0) for w in weights]
+    b_ih, b_hh = biases if biases else (None, None)
+    x = x.unsqueeze(0)
+    h0 = states[0].unsqueeze(0)
+    if mode == "LSTM":
+        _, hn, cn, _ = op(x, w_ih, b_ih, h0, states[1].unsqueeze(0), w_hh, b_hh, None, None, need_grad)
+        return hn[0], cn[0]
+    y, hn, _ = op(x, w_ih, b_ih, h0, w_hh, b_hh, None, need_grad)
+    return y[0] if mode != "GRU" else hn[0]
 
 
 def _cat_layers(ts):

@@ -10,7 +10,6 @@ Weights are read by attribute on every forward, so parametrizations and weight n
 
 from __future__ import annotations
 
-import functools
 import numbers
 import warnings
 
@@ -153,6 +152,14 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
                          f"hidden_size={hidden_size}")
 
 
+def _attribute(module: nn.Module, name: str):
+    """getattr(module, name) for a weight: a registered Parameter straight from _parameters (what getattr finds
+    there, at a fifth of nn.Module.__getattr__'s cost, ~0.8 us a weight in a small call), anything else (a
+    parametrization's property, weight norm's plain attribute) by getattr."""
+    p = module._parameters.get(name)
+    return p if p is not None else getattr(module, name)
+
+
 def _call(impl, *args):
     return impl(*args)
 
@@ -178,7 +185,8 @@ class _RNNBase(nn.RNNBase):
         """A no-op: fastrnn reads each weight by attribute and needs no flat cuDNN buffer."""
 
     def _weights(self):
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # Read by attribute, as torch.nn does (its _update_flat_weights), so parametrizations and weight norm work.
+        return [_attribute(self, name) for name in self._flat_weights_names]
 
     def _param_shapes(self) -> dict:
         """Each parameter's shape for this module's sizes, by name (nn.RNNBase's); computed once per sizes."""
@@ -287,9 +295,10 @@ class _RNNBase(nn.RNNBase):
         named_states = list(zip(names, given)) if given is not None else []
         named_params = list(zip(self._flat_weights_names, weights))
         shapes = self._param_shapes()
-        checked = () if _params_match(named_params, data.device, None if autocast else data.dtype, shapes) else (
+        device = data.device
+        checked = () if _params_match(named_params, device, None if autocast else data.dtype, shapes) else (
             named_params)
-        _check_same(name, "device", data.device, named_states, checked)
+        _check_same(name, "device", device, named_states, checked)
         if not packed and data.size(1 - batch_dim) == 0:
             raise RuntimeError(f"Expected sequence length to be larger than 0 in RNN ({name}: input shape "
                                f"{tuple(input.shape)} has no time steps)")
@@ -297,10 +306,10 @@ class _RNNBase(nn.RNNBase):
             _check_same(name, "dtype", data.dtype, named_states, checked)
         _check_param_shapes(name, checked, shapes)
 
-        impl = functional.implementation_for(data.device, self.mode)
+        impl = functional.implementation_for(device, self.mode)
         # torch's own op (implementation_for says when) takes what torch.nn gives it, autocast doing its casts.
-        cast_for_autocast = impl is not functional.torch_nn_rnn and torch._C._is_any_autocast_enabled()
-        dtype = functional.autocast_dtype(self.mode, False, data.device, data.dtype) or (
+        cast_for_autocast = autocast and impl is not functional.torch_nn_rnn
+        dtype = (functional.autocast_dtype(self.mode, False, device, data.dtype) if autocast else None) or (
             w0.dtype if cast_for_autocast else data.dtype)
         if cast_for_autocast:
             data = data.to(dtype)
@@ -427,7 +436,8 @@ class _CellBase(nn.RNNCellBase):
             raise _no_dim(input, f"{name}: input must be a Tensor")
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        names = [f"hx[{i}]" for i in range(len(states))] if n_states == 2 else ["hx"]
+        names = ("hx",) if n_states == 1 else ("hx[0]", "hx[1]") if len(states) == 2 else tuple(
+            f"hx[{i}]" for i in range(len(states)))
         for i, s in enumerate(states):
             if s is not None and not isinstance(s, Tensor):
                 raise _no_dim(s, f"{name}: {names[i]} must be a Tensor")
@@ -441,7 +451,7 @@ class _CellBase(nn.RNNCellBase):
                 raise IndexError("tuple index out of range" + detail)
             raise RuntimeError("lstm_cell expects two hidden states" + detail)
         x = input if is_batched else input.unsqueeze(0)
-        w_ih, w_hh = self.weight_ih, self.weight_hh
+        w_ih, w_hh = _attribute(self, "weight_ih"), _attribute(self, "weight_hh")
         G = self._gates
         hidden = w_hh.size(1) if w_hh.dim() == 2 else self.hidden_size  # torch.nn's ops read both from the weights
         if G == 1:  # (each of torch's cell ops checks its weights' rows at its own point)
@@ -461,7 +471,7 @@ class _CellBase(nn.RNNCellBase):
         named_states = [(what, s) for what, s in zip(names, given) if s is not None]
         named_params = [("weight_ih", w_ih), ("weight_hh", w_hh)]
         if self.bias:
-            named_params += [("bias_ih", self.bias_ih), ("bias_hh", self.bias_hh)]
+            named_params += [("bias_ih", _attribute(self, "bias_ih")), ("bias_hh", _attribute(self, "bias_hh"))]
         autocast = torch._C._is_any_autocast_enabled()
         shapes = _cell_param_shapes(G, self.input_size, self.hidden_size)
         checked = () if _params_match(named_params, x.device, None if autocast else x.dtype, shapes) else named_params
@@ -493,19 +503,19 @@ class _CellBase(nn.RNNCellBase):
                 if autocast:
                     _check_same(name, "dtype", x.dtype, [(names[i], s)], ())
             out.append(s)
-        return x, out, is_batched, impl
+        return x, out, is_batched, impl, [t for _, t in named_params]
 
-    def _run(self, x: Tensor, states: list, impl):
-        weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+    def _run(self, x: Tensor, states: list, impl, weights: list):
         if impl is functional.torch_nn_rnn:
             return functional.torch_nn_cell(self._mode, x, states, weights)
-        weights = [w.to(x.dtype) for w in weights]  # a no-op unless autocast chose another dtype
-        hx = (states[0].unsqueeze(0), states[1].unsqueeze(0)) if len(states) == 2 else states[0].unsqueeze(0)
+        autocast = torch._C._is_any_autocast_enabled()
+        if autocast:
+            weights = [w.to(x.dtype) for w in weights]  # the dtype autocast chose (_prepare cast x to it)
         if impl is functional.rnn:
-            # What torch.nn's cells save for backward: no bias; RNNCell its output (tanh's and relu's gradients
-            # use it), so an in-place edit of that raises at backward: it returns the op's y (saved by the op),
-            # the other cells their h_n (not saved).
-            impl = functools.partial(impl, biases_saved=False, output_saved=True)
+            if autocast:
+                return functional.run_without_autocast(functional.cell_step, self._mode, x, states, weights)
+            return functional.cell_step(self._mode, x, states, weights)
+        hx = (states[0].unsqueeze(0), states[1].unsqueeze(0)) if len(states) == 2 else states[0].unsqueeze(0)
         output, hidden = functional.run_without_autocast(impl, self._mode, x.unsqueeze(0), hx, weights, self.bias, 1,
                                                          0.0, False, False, False)
         if len(states) == 2:
@@ -528,8 +538,8 @@ class RNNCell(_CellBase):
         return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, states, is_batched, impl = self._prepare(input, (hx,), 1)
-        h = self._run(x, states, impl)
+        x, states, is_batched, impl, weights = self._prepare(input, (hx,), 1)
+        h = self._run(x, states, impl, weights)
         return h if is_batched else h.squeeze(0)
 
 
@@ -543,8 +553,8 @@ class LSTMCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        x, states, is_batched, impl = self._prepare(input, (None, None) if hx is None else tuple(hx), 2)
-        h, c = self._run(x, states, impl)
+        x, states, is_batched, impl, weights = self._prepare(input, (None, None) if hx is None else tuple(hx), 2)
+        h, c = self._run(x, states, impl, weights)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -558,8 +568,8 @@ class GRUCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x, states, is_batched, impl = self._prepare(input, (hx,), 1)
-        h = self._run(x, states, impl)
+        x, states, is_batched, impl, weights = self._prepare(input, (hx,), 1)
+        h = self._run(x, states, impl, weights)
         return h if is_batched else h.squeeze(0)
 
 

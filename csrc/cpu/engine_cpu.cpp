@@ -37,5 +37,7 @@ TORCH_LIBRARY_IMPL(fastrnn_engine_test, CPU, m) { register_ops<CpuLauncher>(m); 
 
 TORCH_LIBRARY_IMPL(fastrnn_engine_test, BackendSelect, m) { register_device_checks(m); }
 
+TORCH_LIBRARY_IMPL(fastrnn_engine_test, Autograd, m) { register_no_grad_autograd(m); }
+
 }  // namespace engine
 }  // namespace fastrnn

@@ -30,6 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("gru_layer", &gru_layer_cpu);
+  m.impl("gru_layer_no_grad", &gru_layer_cpu);
   m.impl("gru_layer_backward", &gru_layer_backward_cpu);
 }
 

@@ -34,6 +34,7 @@ lstm_layer_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, con
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("lstm_layer", &lstm_layer_cpu);
+  m.impl("lstm_layer_no_grad", &lstm_layer_cpu);
   m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
 }
 

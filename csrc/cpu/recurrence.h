@@ -121,14 +121,20 @@ void sgemm_compute_(const char* transa, const char* transb, const int* m, const 
 }
 
 // A weight W that many products multiply: C[M, N] = A[M, K] @ W[K, N] (+ bias) + beta * C.
-// With `transposed`, W is stored as [N, K] (row stride ldw). W is packed once, before the loop:
-// in float, into panels for fastrnn's own kernel where it has one (panel_gemm.h: AVX2), which
-// then also runs the products over all steps (the input projection, x's gradient); otherwise,
-// in float with MKL, into MKL's internal layout for max_rows rows (what oneDNN's RNN does), so
-// no step re-packs it; MKL's packed GEMM is specified only for the sizes it was packed for, so
-// other row counts (a packed batch's shorter tail) multiply the unpacked W. Otherwise a
-// transposed W is copied once into [K, N] so that every step reads it row by row; max_rows 0
-// marks a weight of a few products over all steps, kept as it is.
+// W is read from w: element (k, n) at w[k * ldw + n], or with `transposed` W is stored as [N, K]:
+// at w[n * ldw + k]. W is prepared once per call, before the loop:
+// - in float, packed into panels for fastrnn's own kernel where it has one (panel_gemm.h: AVX2),
+//   which then also runs the products over all steps (the input projection, x's gradient);
+//   otherwise, in float with MKL, into MKL's internal layout for max_rows rows (what oneDNN's RNN
+//   does), so no step re-packs it; MKL's packed GEMM is specified only for the sizes it was packed
+//   for, so other row counts (a packed batch's shorter tail) multiply the unpacked W;
+// - otherwise a transposed W is copied once into [K, N] so that every step reads it row by row;
+//   max_rows 0 marks a weight of a few products over all steps, read where it is.
+// But packing reads and writes all of W (measured ~0.5 ns per element on the AVX2 machine: 0.55 ms
+// for an LSTM's W_hh at H = 512, a hundred times that step's arithmetic at B = 1), which pays only
+// over many rows. A call whose products add up to fewer than kMinRowsToPack rows (total_rows: a
+// T = 1 call, a cell step) multiplies W where it is, by BLAS (no copy, nothing to invalidate).
+// The pointer w must stay valid while this object is used.
 template <typename scalar_t>
 class PackedWeight {
  public:
@@ -137,41 +143,35 @@ class PackedWeight {
   static constexpr int64_t kThreadedPanelMacs = int64_t{1} << 20;
   // Products of many rows (over all steps): rows per task, and the packed panels per pass.
   static constexpr int64_t kRowChunk = 64, kPanelGroupBytes = 384 * 1024;
+  static constexpr int64_t kMinRowsToPack = 16;
 
-  PackedWeight(const at::Tensor& w, int64_t N, int64_t K, bool transposed, int64_t max_rows)
-      : N_(N), K_(K), packed_rows_(max_rows) {
+  PackedWeight(const scalar_t* w, int64_t ldw, int64_t N, int64_t K, bool transposed, int64_t max_rows,
+               int64_t total_rows, const at::TensorOptions& options)
+      : N_(N), K_(K), packed_rows_(max_rows), w_(w), ldw_(ldw), transposed_(transposed) {
+    if (total_rows < kMinRowsToPack) return;  // W where it is
     if constexpr (std::is_same_v<scalar_t, float>) {
       panel_kernel_ = panel_gemm_kernel();
       if (panel_kernel_) {
-        const at::Tensor wc = w.contiguous();
-        panels_ = at::empty({packed_panels_size(K, N)}, w.options());
-        pack_panels(K, N, wc.data_ptr<float>(), transposed ? 1 : N, transposed ? K : 1, panels_.data_ptr<float>());
+        storage_ = at::empty({packed_panels_size(K, N)}, options);
+        pack_panels(K, N, w, transposed ? 1 : ldw, transposed ? ldw : 1, storage_.data_ptr<float>());
         return;
       }
-      panel_kernel_ = nullptr;
       if (sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && max_rows > 0 && K > 0 && N > 0 &&
-          std::max({N, K, max_rows}) < std::numeric_limits<int>::max()) {
-        w_ = w.contiguous();
-        ldw_ = transposed ? K : N;
-        transposed_ = transposed;
+          std::max({N, K, max_rows, ldw}) < std::numeric_limits<int>::max()) {
         // Column-major view: C^T[N, M] = op(W_cm)[N, K] @ A^T[K, M]; W is BLAS's "A" operand.
         const int m = static_cast<int>(N), n = static_cast<int>(max_rows), k = static_cast<int>(K);
-        const int ld = static_cast<int>(ldw_);
+        const int ld = static_cast<int>(ldw);
         const char id = 'A', trans = transposed ? 'T' : 'N';
         const float one = 1;
         const size_t bytes = sgemm_pack_get_size_(&id, &m, &n, &k);
-        packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, w.options());
-        sgemm_pack_(&id, &trans, &m, &n, &k, &one, w_.data_ptr<float>(), &ld, packed_.data_ptr<float>());
+        packed_ = at::empty({static_cast<int64_t>(bytes / sizeof(float)) + 1}, options);
+        sgemm_pack_(&id, &trans, &m, &n, &k, &one, w, &ld, packed_.data_ptr<float>());
         return;
       }
     }
-    if (max_rows == 0) {  // a few products over all steps: W as it is
-      w_ = w.contiguous();
-      ldw_ = transposed ? K : N;
-      transposed_ = transposed;
-      return;
-    }
-    w_ = transposed ? w.t().contiguous() : w.contiguous();  // [K, N]
+    if (max_rows == 0 || !transposed) return;  // a few products over all steps, or already [K, N]: W as it is
+    storage_ = at::from_blob(const_cast<scalar_t*>(w), {N, K}, {ldw, 1}, options).t().contiguous();  // [K, N]
+    w_ = storage_.data_ptr<scalar_t>();
     ldw_ = N;
     transposed_ = false;
   }
@@ -182,7 +182,7 @@ class PackedWeight {
     if (M == 0 || N_ == 0) return;
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (panel_kernel_) {
-        const float* panels = panels_.data_ptr<float>();
+        const float* panels = storage_.data_ptr<float>();
         const int64_t num_panels = (N_ + kPanelWidth - 1) / kPanelWidth;
         if (M * N_ * K_ < kThreadedPanelMacs || at::in_parallel_region()) {
           panel_kernel_(M, N_, K_, A, lda, panels, bias, beta, C, ldc);
@@ -235,18 +235,17 @@ class PackedWeight {
         return;
       }
     }
-    gemm<scalar_t>(M, N_, K_, A, lda, /*a_transposed=*/false, w_.data_ptr<scalar_t>(), ldw_, transposed_, beta, C,
-                   ldc);
+    gemm<scalar_t>(M, N_, K_, A, lda, /*a_transposed=*/false, w_, ldw_, transposed_, beta, C, ldc);
   }
 
  private:
   int64_t N_, K_, packed_rows_;
-  PanelGemm panel_kernel_ = nullptr;  // fastrnn's own kernel on panels_, or nullptr
-  at::Tensor panels_;                 // W packed for panel_kernel_
+  PanelGemm panel_kernel_ = nullptr;  // fastrnn's own kernel on storage_'s panels, or nullptr
+  at::Tensor storage_;                // W packed for panel_kernel_, or W copied as [K, N], or undefined
   at::Tensor packed_;                 // MKL-packed W for packed_rows_ rows, or undefined
-  at::Tensor w_;                      // W, unpacked: as given (when MKL-packed) or as [K, N]
-  int64_t ldw_ = 0;
-  bool transposed_ = false;
+  const scalar_t* w_;                 // W, unpacked: where it is, or storage_ as [K, N]
+  int64_t ldw_;
+  bool transposed_;
 };
 
 struct LstmTraits {
@@ -321,8 +320,11 @@ inline std::vector<Slice> step_slices(const LayerSizes& s) {
   constexpr int64_t kAlign = 16;  // one AVX-512 vector of floats
   int64_t count = 1;
   constexpr int64_t kMinMacsPerStep = int64_t{1} << 18, kMaxMacsPerStep = int64_t{1} << 22;
+  // A few steps cannot pay for copying each slice's rows of W_hh.
+  constexpr int64_t kMinSteps = 16;
   const int64_t macs = s.B * s.G * s.H * s.P;  // of one step's recurrent GEMM
-  if (!s.proj && !at::in_parallel_region() && macs >= kMinMacsPerStep && macs < kMaxMacsPerStep) {
+  if (!s.proj && !at::in_parallel_region() && macs >= kMinMacsPerStep && macs < kMaxMacsPerStep &&
+      s.T >= kMinSteps) {
     count = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), s.H / kAlign));
   }
   std::vector<Slice> slices;
@@ -412,6 +414,37 @@ void run_pipelined(int64_t num_blocks, int64_t max_ahead, bool caller_produces, 
   });
 }
 
+// Where a packed batch (variable lengths) leaves rows of the padded [T, B] layout that no step uses:
+// step t can use only its first active_rows[t] rows (lengths sorted decreasingly, as PackedSequence
+// gives them, make that exactly the rows still running). The products over all steps (the input
+// projection; in backward the weight gradients and x's gradient) then multiply only those rows, so a
+// packed batch costs about its real tokens (at ~50% real tokens the padded rows were ~half the work).
+// Unless almost every row is real: there one product over all rows is faster than one per step.
+struct PaddedRows {
+  const std::vector<int64_t>& active_rows;
+  int64_t B;
+  bool variable_lengths;
+
+  int64_t real_rows(int64_t t_begin, int64_t t_end) const {
+    int64_t rows = 0;
+    for (int64_t t = t_begin; t < t_end; ++t) rows += active_rows[t];
+    return rows;
+  }
+  bool worth_skipping(int64_t t_begin, int64_t t_end) const {
+    constexpr double kMaxRealFraction = 0.9;
+    return variable_lengths && real_rows(t_begin, t_end) < kMaxRealFraction * (t_end - t_begin) * B;
+  }
+  // Copies the rows of steps [0, T) that can be active, step after step, from src ([T, B, X], rows of X) into
+  // dst ([real_rows(0, T), X]).
+  template <typename scalar_t>
+  void gather(int64_t T, int64_t X, const scalar_t* src, scalar_t* dst) const {
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy_n(src + t * B * X, active_rows[t] * X, dst);
+      dst += active_rows[t] * X;
+    }
+  }
+};
+
 template <typename Cell, typename scalar_t>
 struct Engine {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -438,41 +471,53 @@ struct Engine {
     at::Tensor x_blocks = scratch(kScratchProjection, x, {ring, plan.block_steps * B * GH});
     scalar_t* x_blocks_p = x_blocks.data_ptr<scalar_t>();
     const scalar_t* x_p = x.data_ptr<scalar_t>();
-    // Each slice's gates, [B, G * size], one after the other (slice i starts at B * G * begin).
-    at::Tensor gates = at::empty({B * GH}, opts);
-    // Without projection the state is double-buffered: a slice's pointwise pass writes the new
-    // h while other slices' GEMMs still read the old one. With projection (one slice), the
-    // pointwise pass writes r and the projection GEMM then updates h in place.
-    at::Tensor h_second = s.proj ? at::Tensor() : at::empty({B, P}, opts);
-    at::Tensor r_buf, proj_buf;
-    if (s.proj) {
-      r_buf = at::empty({B, H}, opts);
-      proj_buf = at::empty({B, P}, opts);
-    }
+    // One allocation for the step buffers (a small call pays for each at:: call it makes):
+    // each slice's gates, [B, G * size], one after the other (slice i starts at B * G * begin);
+    // without projection the second state buffer (the state is double-buffered: a slice's
+    // pointwise pass writes the new h while other slices' GEMMs still read the old one); with
+    // projection (one slice) r and the projection's output (the pointwise pass writes r and the
+    // projection GEMM then updates h in place).
+    at::Tensor step_buffers = at::empty({B * GH + (s.proj ? B * H + B * P : B * P)}, opts);
+    scalar_t* gates_p = step_buffers.data_ptr<scalar_t>();
+    scalar_t* h_second_p = s.proj ? nullptr : gates_p + B * GH;
+    scalar_t* rb = s.proj ? gates_p + B * GH : nullptr;
+    scalar_t* proj_p = s.proj ? rb + B * H : nullptr;
     scalar_t* y_ptr = y.data_ptr<scalar_t>();
-    scalar_t* gates_p = gates.data_ptr<scalar_t>();
     const auto row_kernel = Cell::template forward<scalar_t>(row_kernels<scalar_t>());
+    // Rows that W_hh and W_ih multiply over the call (PackedWeight: whether packing them pays).
+    const int64_t total_rows = T * B;
+    const PaddedRows padded_rows{active_rows, B, lengths_c.defined()};
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
-      at::Tensor h_state = hn[d];  // hn ends as h_T
-      h_state.copy_(h0[d]);
-      at::Tensor c_state;
+      // The state lives in hn[d] (it ends as h_T) and cn[d]; pointers, not at:: calls (see above).
+      scalar_t* h_state_p = hn.data_ptr<scalar_t>() + d * B * P;
+      std::copy_n(h0.data_ptr<scalar_t>() + d * B * P, B * P, h_state_p);
+      scalar_t* cs = nullptr;
       if (Cell::kHasCellState) {
-        c_state = cn[d];
-        c_state.copy_(c0[d]);
+        cs = cn.data_ptr<scalar_t>() + d * B * H;
+        std::copy_n(c0.data_ptr<scalar_t>() + d * B * H, B * H, cs);
       }
-      // Slice i multiplies the W_hh rows of its units, gate by gate: [G * size, P].
+      const scalar_t* w_hh_d = w_hh.data_ptr<scalar_t>() + d * GH * P;  // [G*H, P]
+      // Slice i multiplies the W_hh rows of its units, gate by gate: [G * size, P] (one slice: all
+      // of W_hh, where it is; several: a copy of each slice's rows).
+      std::vector<at::Tensor> slice_copies;
       std::vector<PackedWeight<scalar_t>> w_slices;
       w_slices.reserve(S);
-      const at::Tensor w_by_gate = w_hh[d].view({G, H, P});
       for (const Slice& sl : slices) {
-        w_slices.emplace_back(w_by_gate.narrow(1, sl.begin, sl.size).reshape({G * sl.size, P}).contiguous(),
-                              G * sl.size, P, /*transposed=*/true, B);
+        const scalar_t* w = w_hh_d;
+        if (S > 1) {
+          slice_copies.push_back(w_hh[d].view({G, H, P}).narrow(1, sl.begin, sl.size).reshape({G * sl.size, P})
+                                     .contiguous());
+          w = slice_copies.back().data_ptr<scalar_t>();
+        }
+        w_slices.emplace_back(w, P, G * sl.size, P, /*transposed=*/true, B, total_rows, opts);
       }
       c10::optional<PackedWeight<scalar_t>> w_hr_step;  // h = r @ W_hr^T
-      if (s.proj) w_hr_step.emplace(w_hr->select(0, d), P, H, /*transposed=*/true, B);
-      const PackedWeight<scalar_t> w_ih_packed(w_ih[d], GH, I, /*transposed=*/true, /*max_rows=*/0);
-      const scalar_t* b_ih_d = b_ih.has_value() ? (*b_ih)[d].data_ptr<scalar_t>() : nullptr;
+      if (s.proj) w_hr_step.emplace(w_hr->data_ptr<scalar_t>() + d * P * H, H, P, H, /*transposed=*/true, B,
+                                    total_rows, opts);
+      const PackedWeight<scalar_t> w_ih_packed(w_ih.data_ptr<scalar_t>() + d * GH * I, I, GH, I, /*transposed=*/true,
+                                               /*max_rows=*/0, total_rows, opts);
+      const scalar_t* b_ih_d = b_ih.has_value() ? b_ih->data_ptr<scalar_t>() + d * GH : nullptr;
       // Block b holds the steps k in [b * block_steps, (b + 1) * block_steps) in processing order;
       // its buffer rows are in time order from its earliest step, first_step_of(b).
       const auto first_step_of = [&](int64_t b) {
@@ -481,15 +526,21 @@ struct Engine {
       const auto block_buffer = [&](int64_t b) { return x_blocks_p + (b % ring) * plan.block_steps * B * GH; };
       const auto project = [&](int64_t b) {
         const int64_t first = first_step_of(b);
-        const int64_t rows = (std::min<int64_t>(T, (b + 1) * plan.block_steps) - b * plan.block_steps) * B;
-        w_ih_packed.multiply(rows, x_p + first * B * I, I, 0, block_buffer(b), GH, b_ih_d);
+        const int64_t steps = std::min<int64_t>(T, (b + 1) * plan.block_steps) - b * plan.block_steps;
+        if (padded_rows.worth_skipping(first, first + steps)) {
+          // Only the rows that can be active (PaddedRows), step by step; the others are never read.
+          for (int64_t t = first; t < first + steps; ++t) {
+            w_ih_packed.multiply(active_rows[t], x_p + t * B * I, I, 0, block_buffer(b) + (t - first) * B * GH, GH,
+                                 b_ih_d);
+          }
+          return;
+        }
+        w_ih_packed.multiply(steps * B, x_p + first * B * I, I, 0, block_buffer(b), GH, b_ih_d);
       };
-      const scalar_t* bias = b_hh.has_value() ? (*b_hh)[d].data_ptr<scalar_t>() : nullptr;
-      scalar_t* cs = Cell::kHasCellState ? c_state.data_ptr<scalar_t>() : nullptr;
-      scalar_t* sv = (save && W > 0) ? saved[d].data_ptr<scalar_t>() : nullptr;
-      scalar_t* rb = s.proj ? r_buf.data_ptr<scalar_t>() : nullptr;
-      scalar_t* h_read = h_state.data_ptr<scalar_t>();
-      scalar_t* h_write = s.proj ? h_read : h_second.data_ptr<scalar_t>();
+      const scalar_t* bias = b_hh.has_value() ? b_hh->data_ptr<scalar_t>() + d * GH : nullptr;
+      scalar_t* sv = (save && W > 0) ? saved.data_ptr<scalar_t>() + d * T * B * W : nullptr;
+      scalar_t* h_read = h_state_p;
+      scalar_t* h_write = s.proj ? h_read : h_second_p;
 
       // Step k (processing order) of this direction; its projected input is in block k / block_steps.
       const auto run_step = [&](int64_t k) {
@@ -543,8 +594,8 @@ struct Engine {
         }
         if (s.proj && n > 0) {
           // h = W_hr r for the active rows; inactive rows keep their state.
-          w_hr_step->multiply(n, rb, H, 0, proj_buf.data_ptr<scalar_t>(), P);
-          const scalar_t* pb = proj_buf.data_ptr<scalar_t>();
+          w_hr_step->multiply(n, rb, H, 0, proj_p, P);
+          const scalar_t* pb = proj_p;
           for (int64_t b = 0; b < n; ++b) {
             if (!idx.active(t, b)) continue;
             std::copy(pb + b * P, pb + (b + 1) * P, h_write + b * P);
@@ -564,8 +615,8 @@ struct Engine {
           run_block(b);
         }
       }
-      if (h_read != h_state.data_ptr<scalar_t>()) {
-        std::copy(h_read, h_read + B * P, h_state.data_ptr<scalar_t>());
+      if (h_read != h_state_p) {
+        std::copy(h_read, h_read + B * P, h_state_p);
       }
     }
   }
@@ -609,6 +660,7 @@ struct Engine {
     const int64_t I = x.size(2);
     const int64_t W = Cell::kSaved * H;
     const auto opts = grad_y.options();
+    const PaddedRows padded_rows{active_rows, B, lengths_c.defined()};
     const PipelinePlan plan = pipeline_plan(s);
     const std::vector<Slice> slices = plan.pipelined ? std::vector<Slice>{{0, H}} : step_slices(s);
     const int64_t S = static_cast<int64_t>(slices.size());
@@ -633,14 +685,14 @@ struct Engine {
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
       // The running dL/dh ping-pongs between grad_h0[d] and dh_next, one step each.
-      at::Tensor dh_state = grad_h0[d];
-      dh_state.copy_(grad_hn[d]);
-      scalar_t* dh_cur = dh_state.data_ptr<scalar_t>();
+      scalar_t* dh_state_p = grad_h0.data_ptr<scalar_t>() + d * B * P;
+      std::copy_n(grad_hn.data_ptr<scalar_t>() + d * B * P, B * P, dh_state_p);
+      scalar_t* dh_cur = dh_state_p;
       scalar_t* dh_nxt = dh_next.data_ptr<scalar_t>();
-      at::Tensor dc_state;
+      scalar_t* dcs = nullptr;
       if (Cell::kHasCellState) {
-        dc_state = grad_c0[d];
-        dc_state.copy_(grad_cn[d]);
+        dcs = grad_c0.data_ptr<scalar_t>() + d * B * H;
+        std::copy_n(grad_cn.data_ptr<scalar_t>() + d * B * H, B * H, dcs);
       }
       // Slice i computes dh[:, its units] += dgates @ W_hh[:, its units] ([G*H, size]); with a
       // projection (one slice) dh is P-wide and the slice takes all of W_hh.
@@ -648,17 +700,16 @@ struct Engine {
       w_slices.reserve(S);
       for (const Slice& sl : slices) {
         const int64_t cols = s.proj ? P : sl.size;
-        w_slices.emplace_back(w_hh[d].narrow(1, s.proj ? 0 : sl.begin, cols).contiguous(), cols, GH,
-                              /*transposed=*/false, B);
+        // Columns [begin, begin + cols) of W_hh[d] ([G*H, P], row stride P), where they are.
+        w_slices.emplace_back(w_hh.data_ptr<scalar_t>() + d * GH * P + (s.proj ? 0 : sl.begin), P, cols, GH,
+                              /*transposed=*/false, B, T * B, opts);
       }
       c10::optional<PackedWeight<scalar_t>> w_hr_step;  // dr = dh @ W_hr
-      if (s.proj) w_hr_step.emplace(w_hr->select(0, d), H, P, /*transposed=*/false, B);
-      const scalar_t* sv = W > 0 ? saved[d].data_ptr<scalar_t>() : nullptr;
-      const at::Tensor h0_d = h0[d].contiguous();
-      const scalar_t* h0p = h0_d.data_ptr<scalar_t>();
-      const at::Tensor c0_d = Cell::kHasCellState ? c0[d].contiguous() : at::Tensor();
-      const scalar_t* c0p = Cell::kHasCellState ? c0_d.data_ptr<scalar_t>() : nullptr;
-      scalar_t* dcs = Cell::kHasCellState ? dc_state.data_ptr<scalar_t>() : nullptr;
+      if (s.proj) w_hr_step.emplace(w_hr->data_ptr<scalar_t>() + d * P * H, H, H, P, /*transposed=*/false, B, T * B,
+                                    opts);
+      const scalar_t* sv = W > 0 ? saved.data_ptr<scalar_t>() + d * T * B * W : nullptr;
+      const scalar_t* h0p = h0.data_ptr<scalar_t>() + d * B * P;
+      const scalar_t* c0p = Cell::kHasCellState ? c0.data_ptr<scalar_t>() + d * B * H : nullptr;
       scalar_t* dha_all = s.proj ? dh_all.data_ptr<scalar_t>() : nullptr;
       scalar_t* r_all_p = s.proj ? r_all.data_ptr<scalar_t>() : nullptr;
       const scalar_t* drb = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
@@ -752,8 +803,8 @@ struct Engine {
       };
       // grad_w_ih[d] and grad_w_hh[d] (+)= gate gradients^T @ (x, h_prev) over the times
       // [t_begin, t_end); the first block writes, the later ones accumulate.
-      scalar_t* gw_ih = grad_w_ih[d].data_ptr<scalar_t>();
-      scalar_t* gw_hh = grad_w_hh[d].data_ptr<scalar_t>();
+      scalar_t* gw_ih = grad_w_ih.data_ptr<scalar_t>() + d * GH * I;
+      scalar_t* gw_hh = grad_w_hh.data_ptr<scalar_t>() + d * GH * P;
       const auto grad_w_ih_rows = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
         gemm<scalar_t>(GH, I, (t_end - t_begin) * B, dgx_p + t_begin * B * GH, GH, /*a_transposed=*/true,
                        x_p + t_begin * B * I, I, /*b_transposed=*/false, accumulate ? 1 : 0, gw_ih, I);
@@ -763,6 +814,23 @@ struct Engine {
                        h_prev_p + t_begin * B * P, P, /*b_transposed=*/false, accumulate ? 1 : 0, gw_hh, P);
       };
       const auto weight_grads = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
+        if (padded_rows.worth_skipping(t_begin, t_end)) {
+          // Over the rows that can be active only (PaddedRows), gathered: the others hold zero gradients.
+          TORCH_INTERNAL_ASSERT(t_begin == 0 && t_end == T && !accumulate);
+          const int64_t R = padded_rows.real_rows(0, T);
+          at::Tensor real = at::empty({R * (GH + I + P + (Cell::kSeparateRecurrentGrad ? GH : 0))}, opts);
+          scalar_t* dgx_real = real.data_ptr<scalar_t>();
+          scalar_t* x_real = dgx_real + R * GH;
+          scalar_t* h_real = x_real + R * I;
+          scalar_t* dgh_real = Cell::kSeparateRecurrentGrad ? h_real + R * P : dgx_real;
+          padded_rows.gather(T, GH, dgx_p, dgx_real);
+          padded_rows.gather(T, I, x_p, x_real);
+          padded_rows.gather(T, P, h_prev_p, h_real);
+          if (Cell::kSeparateRecurrentGrad) padded_rows.gather(T, GH, dgh_p, dgh_real);
+          gemm<scalar_t>(GH, I, R, dgx_real, GH, /*a_transposed=*/true, x_real, I, /*b_transposed=*/false, 0, gw_ih, I);
+          gemm<scalar_t>(GH, P, R, dgh_real, GH, /*a_transposed=*/true, h_real, P, /*b_transposed=*/false, 0, gw_hh, P);
+          return;
+        }
         grad_w_ih_rows(t_begin, t_end, accumulate);
         grad_w_hh_rows(t_begin, t_end, accumulate);
       };
@@ -796,14 +864,25 @@ struct Engine {
         if (t_pending >= 0) for_each_slice(S, [&](int64_t i) { gemm_dh(t_pending, i, dh_cur); });
         weight_grads(0, T, false);
       }
-      if (dh_cur != dh_state.data_ptr<scalar_t>()) {
-        std::copy(dh_cur, dh_cur + B * P, dh_state.data_ptr<scalar_t>());
+      if (dh_cur != dh_state_p) {
+        std::copy(dh_cur, dh_cur + B * P, dh_state_p);
       }
       // What needs every step at once: x's gradient (summed over directions), the biases'.
       const at::Tensor dgx_2d = dgx.view({T * B, GH});
       if (grad_x.defined()) {
-        const PackedWeight<scalar_t> w_ih_packed(w_ih[d], I, GH, /*transposed=*/false, /*max_rows=*/0);
-        w_ih_packed.multiply(T * B, dgx_p, GH, d == 0 ? 0 : 1, grad_x.data_ptr<scalar_t>(), I);
+        const PackedWeight<scalar_t> w_ih_packed(w_ih.data_ptr<scalar_t>() + d * GH * I, I, I, GH,
+                                                 /*transposed=*/false, /*max_rows=*/0, T * B, opts);
+        scalar_t* gx = grad_x.data_ptr<scalar_t>();
+        if (padded_rows.worth_skipping(0, T)) {
+          // Step by step over the rows that can be active; the others' gradient is zero.
+          for (int64_t t = 0; t < T; ++t) {
+            const int64_t n = active_rows[t];
+            w_ih_packed.multiply(n, dgx_p + t * B * GH, GH, d == 0 ? 0 : 1, gx + t * B * I, I);
+            if (d == 0) std::fill(gx + (t * B + n) * I, gx + (t + 1) * B * I, scalar_t(0));
+          }
+        } else {
+          w_ih_packed.multiply(T * B, dgx_p, GH, d == 0 ? 0 : 1, gx, I);
+        }
       }
       if (grad_b_ih.defined()) {
         at::Tensor grad_b_ih_d = grad_b_ih[d];
@@ -839,7 +918,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
     const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const c10::optional<at::Tensor>& lengths, bool save) {
-  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const ProjectionShape x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());
@@ -876,7 +955,7 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
                const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
                const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in,
                bool need_grad_x) {
-  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const ProjectionShape x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got x on ", x_in.device());

@@ -34,8 +34,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("rnn_tanh_layer", &rnn_layer_cpu<false>);
+  m.impl("rnn_tanh_layer_no_grad", &rnn_layer_cpu<false>);
   m.impl("rnn_tanh_layer_backward", &rnn_layer_backward_cpu<false>);
   m.impl("rnn_relu_layer", &rnn_layer_cpu<true>);
+  m.impl("rnn_relu_layer_no_grad", &rnn_layer_cpu<true>);
   m.impl("rnn_relu_layer_backward", &rnn_layer_backward_cpu<true>);
 }
 

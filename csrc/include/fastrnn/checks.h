@@ -33,10 +33,17 @@ struct LayerSizes {
   bool proj;
 };
 
+// The shape of the input projection x_proj = W_ih x + b_ih, [D, T, B, G*H], and the tensor whose dtype
+// and device every other argument must have (the layer input x).
+struct ProjectionShape {
+  int64_t D, T, B, GH;
+  const at::Tensor& x;
+};
+
 // The layer input x [T, B, I] and its projection weights w_ih [D, G*H, I], b_ih [D, G*H]:
-// validated, then returned as a stand-in of the projection's shape [D, T, B, G*H] (no data) for
-// check_layer_args, so that every later message names what the caller passed.
-inline at::Tensor check_input_args(const char* op, int64_t G, const at::Tensor& x, const at::Tensor& w_ih,
+// validated, then the projection's shape for check_layer_args, so that every later message names
+// what the caller passed. (Sizes only: a stand-in tensor cost two dispatcher calls per op call.)
+inline ProjectionShape check_input_args(const char* op, int64_t G, const at::Tensor& x, const at::Tensor& w_ih,
                                    const c10::optional<at::Tensor>& b_ih) {
   TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D [T, B, I] but got ", x.dim(), "-D with shape ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating point tensor but got ",
@@ -54,28 +61,27 @@ inline at::Tensor check_input_args(const char* op, int64_t G, const at::Tensor& 
     check_same_dtype_device(op, "b_ih", *b_ih, x);
     check_shape(op, "b_ih", *b_ih, {w_ih.size(0), w_ih.size(1)});
   }
-  return at::empty({1}, x.options()).expand({w_ih.size(0), x.size(0), x.size(1), w_ih.size(1)});
+  return {w_ih.size(0), x.size(0), x.size(1), w_ih.size(1), x};
 }
 
 // x_proj [D, T, B, G*H], h0 [D, B, P], c0 [D, B, H] (LSTM only), w_hh [D, G*H, P],
 // b_hh [D, G*H], w_hr [D, P, H] (LSTM only), lengths [B] int64 on the CPU.
-inline LayerSizes check_layer_args(const char* op, int64_t G, const at::Tensor& x_proj, const at::Tensor& h0,
+inline LayerSizes check_layer_args(const char* op, int64_t G, const ProjectionShape& proj_shape, const at::Tensor& h0,
                                    const at::Tensor* c0, const at::Tensor& w_hh,
                                    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
                                    const c10::optional<at::Tensor>& lengths) {
-  TORCH_CHECK(x_proj.dim() == 4, op, ": x_proj must be 4-D [D, T, B, G*H] but got ", x_proj.dim(),
-              "-D with shape ", x_proj.sizes());
-  TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()), op, ": x_proj must be a floating point tensor but got ",
+  const at::Tensor& x_proj = proj_shape.x;  // (the dtype and device all must have)
+  TORCH_CHECK(at::isFloatingType(x_proj.scalar_type()), op, ": x must be a floating point tensor but got ",
               x_proj.scalar_type());
   LayerSizes s;
-  s.D = x_proj.size(0);
-  s.T = x_proj.size(1);
-  s.B = x_proj.size(2);
+  s.D = proj_shape.D;
+  s.T = proj_shape.T;
+  s.B = proj_shape.B;
   s.G = G;
-  TORCH_CHECK(s.D == 1 || s.D == 2, op, ": x_proj.size(0) (directions) must be 1 or 2 but got ", s.D);
-  TORCH_CHECK(x_proj.size(3) % G == 0, op, ": x_proj.size(3) must be a multiple of ", G, " (gates) but got ",
-              x_proj.size(3));
-  s.H = x_proj.size(3) / G;
+  TORCH_CHECK(s.D == 1 || s.D == 2, op, ": w_ih.size(0) (directions) must be 1 or 2 but got ", s.D);
+  TORCH_CHECK(proj_shape.GH % G == 0, op, ": w_ih.size(1) must be a multiple of ", G, " (gates) but got ",
+              proj_shape.GH);
+  s.H = proj_shape.GH / G;
   TORCH_CHECK(w_hh.dim() == 3, op, ": w_hh must be 3-D [D, G*H, P] but got shape ", w_hh.sizes());
   s.P = w_hh.size(2);
   s.proj = w_hr.has_value();

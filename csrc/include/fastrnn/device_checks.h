@@ -18,19 +18,15 @@
 #include <string>
 
 #include "fastrnn/checks.h"
+#include "fastrnn/schemas.h"
 
 namespace fastrnn {
-
-// The ops of fastrnn/schemas.h (every namespace that defines them has them all).
-inline constexpr const char* kLayerOps[] = {"lstm_layer",          "lstm_layer_backward",    "gru_layer",
-                                            "gru_layer_backward",  "rnn_tanh_layer",         "rnn_tanh_layer_backward",
-                                            "rnn_relu_layer",      "rnn_relu_layer_backward"};
 
 // A boxed kernel (one for every op: the arguments are read by their schema names, as the messages name them).
 inline void check_argument_devices(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
   const auto& arguments = op.schema().arguments();
   const auto first = stack->end() - static_cast<std::ptrdiff_t>(arguments.size());
-  const std::string op_name = op.schema().name();
+  const std::string& op_name = op.schema().name();
   const at::Tensor* x = nullptr;
   for (size_t i = 0; i < arguments.size(); ++i) {
     if (arguments[i].name() == "x" && first[i].isTensor()) {

@@ -572,7 +572,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const at::Tensor& h0_in, const at::Tensor* c0_in, const at::Tensor& w_hh_in,
     const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
     const c10::optional<at::Tensor>& lengths, bool save) {
-  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const ProjectionShape x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   Launcher::check_call(op, s, x_in);
@@ -604,7 +604,7 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
                const c10::optional<at::Tensor>& b_hh_in, const c10::optional<at::Tensor>& w_hr_in,
                const c10::optional<at::Tensor>& lengths, const at::Tensor& y_in, const at::Tensor& saved_in,
                bool need_grad_x) {
-  const at::Tensor x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
+  const ProjectionShape x_proj_shape = check_input_args(op, Cell::kGates, x_in, w_ih_in, b_ih_in);
   const LayerSizes s =
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   Launcher::check_call(op, s, x_in);

@@ -64,12 +64,16 @@ void register_ops(torch::Library& m) {
   using RnnTanh = typename O::template NoCellState<RnnCell<false>, kRnnTanhName, kRnnTanhBackwardName>;
   using RnnRelu = typename O::template NoCellState<RnnCell<true>, kRnnReluName, kRnnReluBackwardName>;
   m.impl("lstm_layer", &O::lstm);
+  m.impl("lstm_layer_no_grad", &O::lstm);
   m.impl("lstm_layer_backward", &O::lstm_backward);
   m.impl("gru_layer", &Gru::forward);
+  m.impl("gru_layer_no_grad", &Gru::forward);
   m.impl("gru_layer_backward", &Gru::backward);
   m.impl("rnn_tanh_layer", &RnnTanh::forward);
+  m.impl("rnn_tanh_layer_no_grad", &RnnTanh::forward);
   m.impl("rnn_tanh_layer_backward", &RnnTanh::backward);
   m.impl("rnn_relu_layer", &RnnRelu::forward);
+  m.impl("rnn_relu_layer_no_grad", &RnnRelu::forward);
   m.impl("rnn_relu_layer_backward", &RnnRelu::backward);
 }
 

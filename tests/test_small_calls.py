@@ -1,0 +1,273 @@
+"""Small calls (issue 15): T = 1 calls feeding their state back, cells stepped in a loop, the _no_grad ops, weights
+prepared per call (never kept from one call to the next: an updated weight is always the weight used), and
+packed batches multiplied by their real rows only.
+
+Every result is checked against torch.nn with the same weights and inputs, in float64 (exact up to summation
+order) and float32, outputs and every gradient.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from conftest import CELL_KINDS, assert_results_close, make_cell_pair, make_pair, tol
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _states(hidden):
+    return hidden if isinstance(hidden, tuple) else (hidden,)
+
+
+def _stream(model, xs, kind: str, train: bool, updates=None) -> dict:
+    """Steps model over xs ([N, B, I]): a layer called with T = 1 (kind "layer") or a cell, the state fed back;
+    `updates(step)` runs between steps (a weight update). Returns the outputs, the final state and, training,
+    the gradients of every parameter and of xs."""
+    hidden, outputs = None, []
+    xs = xs.detach().requires_grad_(train)
+    with torch.set_grad_enabled(train):
+        for t in range(xs.size(0)):
+            if kind == "layer":
+                y, hidden = model(xs[t:t + 1], hidden)
+                y = y[0]
+            else:
+                hidden = model(xs[t], hidden)
+                y = _states(hidden)[0]
+            outputs.append(y)
+            if updates is not None:
+                updates(t)
+    results = {f"output {t}": y for t, y in enumerate(outputs)}
+    results.update({f"state {i}": s for i, s in enumerate(_states(hidden))})
+    if train:
+        loss = sum((y * (t + 1)).sum() for t, y in enumerate(outputs)) + sum(s.sum() for s in _states(hidden))
+        loss.backward()
+        results.update({f"grad {n}": p.grad for n, p in model.named_parameters()})
+        results["grad x"] = xs.grad
+    return {k: v.detach() for k, v in results.items()}
+
+
+def _pair(kind: str, cell: str, size: int, hidden: int, dtype):
+    if kind == "layer":
+        return make_pair(CELL_KINDS[cell], size, hidden, dtype=dtype)
+    return make_cell_pair(CELL_KINDS[cell], size, hidden, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("B,H", [(1, 1), (1, 5), (3, 17), (8, 40)])
+@pytest.mark.parametrize("kind", ["layer", "cell"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_streaming_matches_torch_nn(cell, kind, B, H, train, dtype):
+    ref, twin = _pair(kind, cell, 4, H, dtype)
+    xs = torch.randn(6, B, 4, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    assert_results_close(_stream(twin, xs, kind, train), _stream(ref, xs, kind, train), dtype=dtype,
+                         what=f"{cell} {kind}")
+
+
+@pytest.mark.parametrize("T", [1, 2, 15, 16, 17, 40])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_sides_of_the_packing_threshold(cell, dtype, T):
+    """A call whose products have fewer than PackedWeight::kMinRowsToPack (16) rows multiplies the weights where
+    they are, a longer one packs them first: both agree with torch.nn, forward and backward, with B = 1
+    (T rows) and with two directions."""
+    for bidirectional in (False, True):
+        ref, twin = make_pair(CELL_KINDS[cell], 3, 9, bidirectional=bidirectional, dtype=dtype)
+        x = torch.randn(T, 1, 3, dtype=dtype, generator=torch.Generator().manual_seed(T))
+        results = []
+        for model in (twin, ref):
+            xx = x.clone().requires_grad_()
+            y, hidden = model(xx)
+            (y.sum() + sum(s.sum() for s in _states(hidden))).backward()
+            results.append({"y": y.detach(), **{f"state {i}": s.detach() for i, s in enumerate(_states(hidden))},
+                            "grad x": xx.grad, **{n: p.grad for n, p in model.named_parameters()}})
+        assert_results_close(*results, dtype=dtype, what=f"{cell} T={T} bidirectional={bidirectional}")
+
+
+# --------------------------------------------------------------------- weights updated between calls
+# Nothing derived from a weight is kept from one call to the next (the weight is read, and packed where that pays,
+# in every call), so every update below must show in the next call. These tests hold any future cache of prepared
+# weights to that: an in-place optimizer step, an in-place edit under no_grad, an edit through .data (which
+# autograd's version counter does not see) and load_state_dict.
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _adam_foreach(model):
+    return torch.optim.Adam(model.parameters(), lr=0.05, foreach=True)
+
+
+def _adam_fused(model):
+    return torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+
+
+def _edit_no_grad(model, t):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.0 + 0.1 * (t + 1))
+
+
+def _edit_data(model, t):
+    for p in model.parameters():
+        p.data.add_(0.01 * (t + 1))
+
+
+def _load_state_dict(source):
+    def update(model, t):
+        model.load_state_dict({k: v * (1.0 - 0.05 * (t + 1)) for k, v in source.items()})
+    return update
+
+
+@pytest.mark.parametrize("how", ["sgd", "adam_foreach", "adam_fused", "no_grad_edit", "data_edit", "load_state_dict"])
+@pytest.mark.parametrize("kind", ["layer", "cell"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_updates_between_calls_are_seen(cell, kind, how):
+    results = {}
+    ref, twin = _pair(kind, cell, 3, 6, torch.float64)
+    source = {k: v.clone() for k, v in ref.state_dict().items()}
+    xs = torch.randn(4, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    for name, model in (("fastrnn", twin), ("torch.nn", ref)):
+        outputs, hidden = [], None
+        optimizer = {"sgd": _sgd, "adam_foreach": _adam_foreach, "adam_fused": _adam_fused}.get(how)
+        opt = optimizer(model) if optimizer else None
+        for t in range(xs.size(0)):
+            if kind == "layer":
+                y, hidden = model(xs[t:t + 1], hidden)
+            else:
+                hidden = model(xs[t], hidden)
+                y = _states(hidden)[0]
+            if opt is not None:  # one optimizer step per call, the state carried over detached
+                opt.zero_grad()
+                (y.square().sum() + sum(s.sum() for s in _states(hidden))).backward()
+                opt.step()
+                hidden = tuple(s.detach() for s in _states(hidden)) if isinstance(hidden, tuple) else hidden.detach()
+            elif how == "no_grad_edit":
+                _edit_no_grad(model, t)
+            elif how == "data_edit":
+                _edit_data(model, t)
+            else:
+                _load_state_dict(source)(model, t)
+            outputs.append(y.detach())
+        results[name] = {f"output {t}": y for t, y in enumerate(outputs)}
+    assert_results_close(results["fastrnn"], results["torch.nn"], dtype=torch.float64, what=f"{cell} {kind} {how}")
+    # (and the updates did change the outputs: a test that would pass with stale weights proves nothing)
+    frozen, _ = _pair(kind, cell, 3, 6, torch.float64)
+    first = frozen(xs[0:1])[0][0] if kind == "layer" else _states(frozen(xs[0]))[0]
+    assert torch.allclose(first, results["torch.nn"]["output 0"])
+    with torch.no_grad():
+        hidden = None
+        for t in range(2):
+            if kind == "layer":
+                y, hidden = frozen(xs[t:t + 1], hidden)
+            else:
+                hidden = frozen(xs[t], hidden)
+                y = _states(hidden)[0]
+    assert not torch.allclose(y, results["torch.nn"]["output 1"])
+
+
+# --------------------------------------------------------------------- the _no_grad ops
+
+def _forward_args(cell, requires_grad):
+    from test_ops import make_args
+
+    return make_args(cell, 1, requires_grad=requires_grad)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_grad_op_is_the_layer_op(cell):
+    """*_layer_no_grad computes what *_layer computes (the same kernels), bitwise."""
+    args = _forward_args(cell, requires_grad=False)
+    layer = getattr(torch.ops.fastrnn, f"{cell}_layer")(*args.values(), False)
+    no_grad = getattr(torch.ops.fastrnn, f"{cell}_layer_no_grad")(*args.values(), False)
+    for a, b in zip(layer, no_grad):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_grad_op_refuses_gradients(cell):
+    """Called where a gradient is needed, the _no_grad op raises (it would compute none), naming the op to use;
+    under torch.no_grad the same arguments run."""
+    args = _forward_args(cell, requires_grad=True)
+    op = getattr(torch.ops.fastrnn, f"{cell}_layer_no_grad")
+    with pytest.raises(RuntimeError, match=rf"fastrnn::{cell}_layer_no_grad computes no gradient, but an argument "
+                                           r"requires one; call the op without the _no_grad suffix"):
+        op(*args.values(), False)
+    with torch.no_grad():
+        y = op(*args.values(), False)[0]
+    assert not y.requires_grad
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_no_grad_op(cell):
+    args = _forward_args(cell, requires_grad=False)
+    torch.library.opcheck(getattr(torch.ops.fastrnn, f"{cell}_layer_no_grad"), (*args.values(), False))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_modules_call_the_op_gradients_need(cell):
+    """Inference calls the _no_grad op, a call that needs gradients the layer op (whose backward then runs)."""
+    ref, twin = make_pair(CELL_KINDS[cell], 3, 4)
+    x = torch.randn(2, 1, 3, dtype=torch.float64)
+    name = f"fastrnn::{cell}_layer"
+    for grad, expected in ((False, f"{name}_no_grad"), (True, name)):
+        with torch.profiler.profile() as prof, torch.set_grad_enabled(grad):
+            twin(x)
+        called = {e.name for e in prof.events()}
+        assert expected in called, called
+        assert ({name, f"{name}_no_grad"} - {expected}).isdisjoint(called), called
+
+
+# --------------------------------------------------------------------- packed batches: only their real rows
+
+def _packed_results(model, padded, lengths, enforce_sorted, train):
+    x = padded.clone().requires_grad_(train)
+    with torch.set_grad_enabled(train):
+        output, hidden = model(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted))
+    results = {"output": output.data, **{f"state {i}": s for i, s in enumerate(_states(hidden))}}
+    if train:
+        (output.data.square().sum() + sum(s.sum() for s in _states(hidden))).backward()
+        results.update({f"grad {n}": p.grad for n, p in model.named_parameters()})
+        results["grad x"] = x.grad
+    return {k: v.detach() for k, v in results.items()}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("lengths", [(9, 1, 4, 2, 7, 1), (9, 9, 9, 9, 9, 8), (1, 1, 1, 1, 1, 9)],
+                         ids=["about_half_real", "nearly_all_real", "one_long"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_packed_real_rows_match_torch_nn(cell, bidirectional, lengths, train):
+    """Batches with few real rows (multiplied row by row: PaddedRows in csrc/cpu/recurrence.h) and with nearly all
+    real (one product over all rows), unsorted, two layers (the second's input is the first's padded output)."""
+    ref, twin = make_pair(CELL_KINDS[cell], 3, 5, num_layers=2, bidirectional=bidirectional)
+    padded = torch.randn(9, len(lengths), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor(lengths)
+    assert_results_close(_packed_results(twin, padded, lengths, False, train),
+                         _packed_results(ref, padded, lengths, False, train), what=f"{cell} packed")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_op_lengths_unsorted_with_padding_rows_inside(cell):
+    """Called directly, the op takes lengths in any order, so a row among a step's first active_rows[t] may be
+    finished: with few real rows (the row-by-row products) the results still equal the reference's, padded
+    outputs zero, and the gradients too."""
+    from test_ops import make_args
+
+    lengths = (1, 6, 0, 2, 1, 1, 1, 1)
+    args = make_args(cell, 2, lengths=lengths, T=6, B=len(lengths))
+    op = getattr(torch.ops.fastrnn, f"{cell}_layer")
+    y = op(*args.values(), True)[0]
+    from fastrnn import reference
+
+    inputs = [v for v in args.values()]
+    if cell != "lstm":
+        inputs = inputs[:4] + [None] + inputs[4:6] + [None] + inputs[6:]
+    expected = reference.layer(cell, *inputs)[0]
+    torch.testing.assert_close(y, expected, **tol(torch.float64))
+    grads = torch.autograd.grad(y.square().sum(), [args["x"], args["w_ih"], args["w_hh"]])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [args["x"], args["w_ih"], args["w_hh"]])
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, **tol(torch.float64))
