@@ -11,6 +11,7 @@
 // ([D, T, B, S*H]; S = 5 LSTM, 4 GRU, 0 RNN) or is empty [0] when save_for_backward is false.
 // Backward ops return empty [0] tensors for gradients of absent optional arguments.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
@@ -19,6 +20,7 @@
 
 #include "cpu/panel_gemm.h"
 #include "cpu/scratch.h"
+#include "fastrnn/autograd.h"
 #include "fastrnn/cuda_path.h"
 #include "fastrnn/device_checks.h"
 #include "fastrnn/schemas.h"
@@ -39,8 +41,36 @@ TORCH_LIBRARY(fastrnn, m) {
 // Every tensor argument on x's device, whatever backend the dispatcher would pick (fastrnn/device_checks.h).
 TORCH_LIBRARY_IMPL(fastrnn, BackendSelect, m) { fastrnn::register_device_checks(m); }
 
-// The _no_grad ops' autograd (fastrnn/schemas.h); the others' is registered from Python (fastrnn/_ops.py).
-TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) { fastrnn::register_no_grad_autograd(m); }
+namespace fastrnn {
+
+inline constexpr char kNamespace[] = "fastrnn";
+
+std::vector<at::Tensor> differentiable_backward_in_python(const std::string& cell, const std::vector<bool>& needs,
+                                                          const std::vector<at::Tensor>& inputs,
+                                                          const std::vector<at::Tensor>& grad_outputs) {
+  pybind11::gil_scoped_acquire gil;
+  const auto to_python = [](const std::vector<at::Tensor>& ts) {
+    pybind11::list out;
+    for (const at::Tensor& t : ts) out.append(t.defined() ? pybind11::cast(t) : pybind11::none());
+    return out;
+  };
+  pybind11::list needs_list;
+  for (bool b : needs) needs_list.append(b);
+  const pybind11::object result = pybind11::module_::import("fastrnn._ops")
+                                      .attr("differentiable_backward")(cell, needs_list, to_python(inputs),
+                                                                       to_python(grad_outputs));
+  std::vector<at::Tensor> grads;
+  for (const auto& g : result) grads.push_back(g.is_none() ? at::Tensor() : g.cast<at::Tensor>());
+  return grads;
+}
+
+}  // namespace fastrnn
+
+// Autograd: the layer ops' (fastrnn/autograd.h) and the _no_grad ops' (fastrnn/schemas.h).
+TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) {
+  fastrnn::register_layer_autograd<fastrnn::kNamespace>(m);
+  fastrnn::register_no_grad_autograd(m);
+}
 
 PYBIND11_MODULE(_C, module) {
   module.doc() = "fastrnn compiled kernels; the ops live under torch.ops.fastrnn";

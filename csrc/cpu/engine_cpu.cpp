@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "fastrnn/autograd.h"
 #include "fastrnn/device_checks.h"
 #include "fastrnn/engine_ops.h"
 #include "fastrnn/schemas.h"
@@ -37,7 +38,12 @@ TORCH_LIBRARY_IMPL(fastrnn_engine_test, CPU, m) { register_ops<CpuLauncher>(m); 
 
 TORCH_LIBRARY_IMPL(fastrnn_engine_test, BackendSelect, m) { register_device_checks(m); }
 
-TORCH_LIBRARY_IMPL(fastrnn_engine_test, Autograd, m) { register_no_grad_autograd(m); }
+inline constexpr char kEngineNamespace[] = "fastrnn_engine_test";
+
+TORCH_LIBRARY_IMPL(fastrnn_engine_test, Autograd, m) {
+  register_layer_autograd<kEngineNamespace>(m);
+  register_no_grad_autograd(m);
+}
 
 }  // namespace engine
 }  // namespace fastrnn

@@ -430,6 +430,12 @@ struct PaddedRows {
     for (int64_t t = t_begin; t < t_end; ++t) rows += active_rows[t];
     return rows;
   }
+  // offsets[t]: the rows of the steps before t; offsets[T] all of them.
+  std::vector<int64_t> offsets(int64_t T) const {
+    std::vector<int64_t> out(T + 1, 0);
+    for (int64_t t = 0; t < T; ++t) out[t + 1] = out[t] + active_rows[t];
+    return out;
+  }
   bool worth_skipping(int64_t t_begin, int64_t t_end) const {
     constexpr double kMaxRealFraction = 0.9;
     return variable_lengths && real_rows(t_begin, t_end) < kMaxRealFraction * (t_end - t_begin) * B;
@@ -487,6 +493,18 @@ struct Engine {
     // Rows that W_hh and W_ih multiply over the call (PackedWeight: whether packing them pays).
     const int64_t total_rows = T * B;
     const PaddedRows padded_rows{active_rows, B, lengths_c.defined()};
+    // Not pipelined (one block of all T steps) and few real rows: the projection is of the real rows only,
+    // gathered (one product, not one per step: a fork and join per step cost ~5% at 2 threads).
+    const bool compact = !plan.pipelined && padded_rows.worth_skipping(0, T);
+    std::vector<int64_t> row_offset;
+    at::Tensor x_real;
+    scalar_t* x_real_p = nullptr;
+    if (compact) {
+      row_offset = padded_rows.offsets(T);
+      x_real = at::empty({row_offset[T] * I}, opts);
+      x_real_p = x_real.data_ptr<scalar_t>();
+      padded_rows.gather(T, I, x_p, x_real_p);
+    }
     for (int64_t d = 0; d < D; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
       // The state lives in hn[d] (it ends as h_T) and cn[d]; pointers, not at:: calls (see above).
@@ -527,6 +545,12 @@ struct Engine {
       const auto project = [&](int64_t b) {
         const int64_t first = first_step_of(b);
         const int64_t steps = std::min<int64_t>(T, (b + 1) * plan.block_steps) - b * plan.block_steps;
+        if (compact) {
+          // The real rows of x (gathered once, below), one product ([R, I] @ W_ih^T): the buffer holds step
+          // t's rows from row_offset[t] (one block: the plan is not pipelined).
+          w_ih_packed.multiply(padded_rows.real_rows(0, T), x_real_p, I, 0, x_blocks_p, GH, b_ih_d);
+          return;
+        }
         if (padded_rows.worth_skipping(first, first + steps)) {
           // Only the rows that can be active (PaddedRows), step by step; the others are never read.
           for (int64_t t = first; t < first + steps; ++t) {
@@ -547,7 +571,8 @@ struct Engine {
         const int64_t t = idx.reverse ? T - 1 - k : k;
         const int64_t n = active_rows[t];
         const int64_t b_of_k = k / plan.block_steps;
-        const scalar_t* xp = block_buffer(b_of_k) + (t - first_step_of(b_of_k)) * B * GH;  // [B, G*H] of step t
+        const scalar_t* xp = compact ? x_blocks_p + row_offset[t] * GH  // [B (the first n), G*H] of step t
+                                     : block_buffer(b_of_k) + (t - first_step_of(b_of_k)) * B * GH;
         const auto gemm = [&](int64_t i) {
           const Slice& sl = slices[i];
           w_slices[i].multiply(n, h_read, P, 0, gates_p + B * G * sl.begin, G * sl.size);
@@ -813,13 +838,15 @@ struct Engine {
         gemm<scalar_t>(GH, P, (t_end - t_begin) * B, dgh_p + t_begin * B * GH, GH, /*a_transposed=*/true,
                        h_prev_p + t_begin * B * P, P, /*b_transposed=*/false, accumulate ? 1 : 0, gw_hh, P);
       };
+      at::Tensor real;  // the real rows of dgx, x, h_prev (and dgh), gathered for the products over all steps
+      scalar_t* dgx_real = nullptr;
+      const int64_t R = padded_rows.real_rows(0, T);
       const auto weight_grads = [&](int64_t t_begin, int64_t t_end, bool accumulate) {
         if (padded_rows.worth_skipping(t_begin, t_end)) {
           // Over the rows that can be active only (PaddedRows), gathered: the others hold zero gradients.
           TORCH_INTERNAL_ASSERT(t_begin == 0 && t_end == T && !accumulate);
-          const int64_t R = padded_rows.real_rows(0, T);
-          at::Tensor real = at::empty({R * (GH + I + P + (Cell::kSeparateRecurrentGrad ? GH : 0))}, opts);
-          scalar_t* dgx_real = real.data_ptr<scalar_t>();
+          real = at::empty({R * (GH + I + P + (Cell::kSeparateRecurrentGrad ? GH : 0))}, opts);
+          dgx_real = real.data_ptr<scalar_t>();
           scalar_t* x_real = dgx_real + R * GH;
           scalar_t* h_real = x_real + R * I;
           scalar_t* dgh_real = Cell::kSeparateRecurrentGrad ? h_real + R * P : dgx_real;
@@ -873,8 +900,28 @@ struct Engine {
         const PackedWeight<scalar_t> w_ih_packed(w_ih.data_ptr<scalar_t>() + d * GH * I, I, I, GH,
                                                  /*transposed=*/false, /*max_rows=*/0, T * B, opts);
         scalar_t* gx = grad_x.data_ptr<scalar_t>();
-        if (padded_rows.worth_skipping(0, T)) {
-          // Step by step over the rows that can be active; the others' gradient is zero.
+        if (dgx_real != nullptr) {
+          // One product over the real rows gathered for the weight gradients, then each step's rows into place
+          // (added for the second direction); the padded rows' gradient is zero.
+          at::Tensor gx_real = at::empty({R * I}, opts);
+          scalar_t* g = gx_real.data_ptr<scalar_t>();
+          w_ih_packed.multiply(R, dgx_real, GH, 0, g, I);
+          for (int64_t t = 0; t < T; ++t) {
+            const int64_t n = active_rows[t];
+            scalar_t* dst = gx + t * B * I;
+            if (d == 0) {
+              std::copy_n(g, n * I, dst);
+              std::fill(dst + n * I, dst + B * I, scalar_t(0));
+            } else {
+              for (int64_t e = 0; e < n * I; ++e) {
+                dst[e] = static_cast<scalar_t>(static_cast<opmath_t>(dst[e]) + static_cast<opmath_t>(g[e]));
+              }
+            }
+            g += n * I;
+          }
+        } else if (padded_rows.worth_skipping(0, T)) {
+          // (pipelined: the weight gradients were formed block by block) Step by step over the rows that can be
+          // active; the others' gradient is zero.
           for (int64_t t = 0; t < T; ++t) {
             const int64_t n = active_rows[t];
             w_ih_packed.multiply(n, dgx_p + t * B * GH, GH, d == 0 ? 0 : 1, gx + t * B * I, I);
