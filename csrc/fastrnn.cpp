@@ -36,6 +36,7 @@ std::string compiled_archs();  // csrc/cuda/build_info.cu
 TORCH_LIBRARY(fastrnn, m) {
   m.set_python_module("fastrnn._ops");
   fastrnn::define_layer_ops(m);
+  fastrnn::define_cell_ops(m);
 }
 
 // Every tensor argument on x's device, whatever backend the dispatcher would pick (fastrnn/device_checks.h).
@@ -65,6 +66,75 @@ std::vector<at::Tensor> differentiable_backward_in_python(const std::string& cel
 }
 
 }  // namespace fastrnn
+
+namespace fastrnn {
+namespace {
+
+bool any_requires_grad(std::initializer_list<const at::Tensor*> ts, const c10::optional<at::Tensor>& b_ih,
+                       const c10::optional<at::Tensor>& b_hh) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts) {
+    if (t->requires_grad()) return true;
+  }
+  return (b_ih.has_value() && b_ih->requires_grad()) || (b_hh.has_value() && b_hh->requires_grad());
+}
+
+c10::optional<at::Tensor> unsqueezed(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->unsqueeze(0)) : c10::nullopt;
+}
+
+using Optional = c10::optional<at::Tensor>;
+
+// The cells (schemas.h define_cell_ops): the layer op at T = 1, D = 1, *_layer when a gradient is needed,
+// else *_layer_no_grad. What autograd's version check covers is torch.nn's cells': the input, the states and the
+// weights (the op saves them), no bias, and RNNCell's output (tanh's and relu's gradients use it: its result is
+// the op's y, which the op saves); LSTMCell and GRUCell return h_n, which nothing saves.
+std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                             const at::Tensor& w_ih, const at::Tensor& w_hh, const Optional& b_ih,
+                                             const Optional& b_hh) {
+  using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const Optional&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const Optional&, const Optional&, const Optional&, bool);
+  static const auto layer = c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::lstm_layer", "").typed<Signature>();
+  static const auto no_grad =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::lstm_layer_no_grad", "").typed<Signature>();
+  const bool need_grad = any_requires_grad({&x, &h, &c, &w_ih, &w_hh}, b_ih, b_hh);
+  auto [y, hn, cn, workspace] = (need_grad ? layer : no_grad)
+                                    .call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
+                                          c.unsqueeze(0), w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt,
+                                          c10::nullopt, need_grad);
+  return {hn.select(0, 0), cn.select(0, 0)};
+}
+
+template <const char* kLayer, const char* kNoGrad, bool kReturnsOutput>
+at::Tensor single_state_cell(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const Optional& b_ih, const Optional& b_hh) {
+  using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                    const Optional&, const at::Tensor&,
+                                                                    const at::Tensor&, const Optional&,
+                                                                    const Optional&, bool);
+  static const auto layer = c10::Dispatcher::singleton().findSchemaOrThrow(kLayer, "").typed<Signature>();
+  static const auto no_grad = c10::Dispatcher::singleton().findSchemaOrThrow(kNoGrad, "").typed<Signature>();
+  const bool need_grad = any_requires_grad({&x, &h, &w_ih, &w_hh}, b_ih, b_hh);
+  auto [y, hn, workspace] = (need_grad ? layer : no_grad)
+                                .call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
+                                      w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt, need_grad);
+  return (kReturnsOutput ? y : hn).select(0, 0);
+}
+
+constexpr char kGruLayer[] = "fastrnn::gru_layer", kGruNoGrad[] = "fastrnn::gru_layer_no_grad";
+constexpr char kTanhLayer[] = "fastrnn::rnn_tanh_layer", kTanhNoGrad[] = "fastrnn::rnn_tanh_layer_no_grad";
+constexpr char kReluLayer[] = "fastrnn::rnn_relu_layer", kReluNoGrad[] = "fastrnn::rnn_relu_layer_no_grad";
+
+}  // namespace
+}  // namespace fastrnn
+
+TORCH_LIBRARY_IMPL(fastrnn, CompositeImplicitAutograd, m) {
+  m.impl("lstm_cell", &fastrnn::lstm_cell);
+  m.impl("gru_cell", &fastrnn::single_state_cell<fastrnn::kGruLayer, fastrnn::kGruNoGrad, false>);
+  m.impl("rnn_tanh_cell", &fastrnn::single_state_cell<fastrnn::kTanhLayer, fastrnn::kTanhNoGrad, true>);
+  m.impl("rnn_relu_cell", &fastrnn::single_state_cell<fastrnn::kReluLayer, fastrnn::kReluNoGrad, true>);
+}
 
 // Autograd: the layer ops' (fastrnn/autograd.h) and the _no_grad ops' (fastrnn/schemas.h).
 TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) {

@@ -342,27 +342,16 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
     return output, hidden
 
 
-def cell_step(mode: str, x: Tensor, states: list, weights: list):
-    """One step of a cell on the kernels (the layer op with T = 1, D = 1), with the least work around the op:
-    x [B, I], states [h] or [h, c] ([B, H] each), weights [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh]. Returns h, or
-    (h, c) for LSTM.
+_CELL_OPS = {"LSTM": "lstm_cell", "GRU": "gru_cell", "RNN_TANH": "rnn_tanh_cell", "RNN_RELU": "rnn_relu_cell"}
 
-    What autograd's version check covers is torch.nn's cells': the input, the states and the weights (the op
-    saves them), no bias (the op keeps them unsaved), and RNNCell's output (tanh's and relu's gradients use it): it
-    returns the op's y, which the op saves, so an in-place edit of it raises at backward; LSTMCell and GRUCell
-    return h_n, which nothing saves."""
-    need_grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(w.requires_grad for w in weights) or any(s.requires_grad for s in states))
-    op = layer_op(mode, need_grad)
-    w_ih, w_hh, *biases = [w.unsqueeze(0) for w in weights]
+
+def cell_step(mode: str, x: Tensor, states: list, weights: list):
+    """One step of a cell on the kernels: torch.ops.fastrnn.<cell>_cell (csrc/fastrnn.cpp: the layer op at T = 1,
+    D = 1, the views around it in C++). x [B, I], states [h] or [h, c] ([B, H] each), weights [w_ih, w_hh] or
+    [w_ih, w_hh, b_ih, b_hh]. Returns h, or (h, c) for LSTM."""
+    w_ih, w_hh, *biases = weights
     b_ih, b_hh = biases if biases else (None, None)
-    x = x.unsqueeze(0)
-    h0 = states[0].unsqueeze(0)
-    if mode == "LSTM":
-        _, hn, cn, _ = op(x, w_ih, b_ih, h0, states[1].unsqueeze(0), w_hh, b_hh, None, None, need_grad)
-        return hn[0], cn[0]
-    y, hn, _ = op(x, w_ih, b_ih, h0, w_hh, b_hh, None, need_grad)
-    return y[0] if mode != "GRU" else hn[0]
+    return getattr(torch.ops.fastrnn, _CELL_OPS[mode])(x, *states, w_ih, w_hh, b_ih, b_hh)
 
 
 def _cat_layers(ts):
