@@ -271,3 +271,34 @@ def test_op_lengths_unsorted_with_padding_rows_inside(cell):
     expected_grads = torch.autograd.grad(expected.square().sum(), [args["x"], args["w_ih"], args["w_hh"]])
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, **tol(torch.float64))
+
+
+# --------------------------------------------------------------------- bidirectional layers, by thread count
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_at_every_thread_count(cell, packed, threads):
+    """On 2 threads the two directions run at once, one per thread (directions_concurrently in
+    csrc/cpu/recurrence.h), each writing its own outputs and x's gradient added after both; on 1, and on 3 with
+    steps large enough to split, one after the other. Every way gives torch.nn's results, gradients included."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for hidden, batch in ((5, 3), (64, 16)):  # (a small step and one of 2^20 multiply-adds or more)
+            ref, twin = make_pair(CELL_KINDS[cell], 4, hidden, num_layers=2, bidirectional=True)
+            padded = torch.randn(7, batch, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(hidden))
+            lengths = torch.randint(1, 8, (batch,), generator=torch.Generator().manual_seed(1))
+            if packed:
+                results = [_packed_results(m, padded, lengths, False, True) for m in (twin, ref)]
+            else:
+                results = []
+                for model in (twin, ref):
+                    x = padded.clone().requires_grad_()
+                    y, hidden_state = model(x)
+                    (y.square().sum() + sum(s.sum() for s in _states(hidden_state))).backward()
+                    results.append({"y": y.detach(), "grad x": x.grad,
+                                    **{n: p.grad for n, p in model.named_parameters()}})
+            assert_results_close(*results, what=f"{cell} threads={threads} H={hidden}")
+    finally:
+        torch.set_num_threads(previous)

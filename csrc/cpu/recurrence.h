@@ -451,6 +451,18 @@ struct PaddedRows {
   }
 };
 
+// Whether the two directions of a bidirectional layer run at once, one per thread (each then multiplies its
+// steps on its own core: no fork and join per step). Measured on 2 threads (AVX2 machine), an LSTM of two
+// bidirectional layers at T=50, B=16, H=256: inference 43.2 -> 31.2 ms, training 144.9 -> 96.6 ms (torch.nn's
+// oneDNN LSTM: 36 and 153 ms), where each step had been split across both threads; a bidirectional GRU at
+// B=64, H=512 unchanged within the noise. With more threads, only where a step is too small to split
+// (PackedWeight::kThreadedPanelMacs): a direction per thread would leave the others idle.
+inline bool directions_concurrently(const LayerSizes& s) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t step_macs = s.B * s.G * s.H * s.P;
+  return s.D == 2 && threads >= 2 && !at::in_parallel_region() && (threads == 2 || step_macs < (int64_t{1} << 20));
+}
+
 template <typename Cell, typename scalar_t>
 struct Engine {
   using opmath_t = at::opmath_type<scalar_t>;
@@ -463,6 +475,24 @@ struct Engine {
                       const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_c,
                       const std::vector<int64_t>& active_rows, bool save, at::Tensor& y, at::Tensor& hn,
                       at::Tensor& cn, at::Tensor& saved) {
+    if (directions_concurrently(s)) {
+      at::parallel_for(0, 2, 1, [&](int64_t d_begin, int64_t d_end) {
+        forward_directions(s, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, y, hn, cn, saved,
+                           d_begin, d_end);
+      });
+      return;
+    }
+    forward_directions(s, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths_c, active_rows, save, y, hn, cn, saved, 0,
+                       s.D);
+  }
+
+  // forward for the directions [d_begin, d_end): each writes only its own parts of the outputs.
+  static void forward_directions(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih,
+                                 const c10::optional<at::Tensor>& b_ih, const at::Tensor& h0, const at::Tensor& c0,
+                                 const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh,
+                                 const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_c,
+                                 const std::vector<int64_t>& active_rows, bool save, at::Tensor& y, at::Tensor& hn,
+                                 at::Tensor& cn, at::Tensor& saved, int64_t d_begin, int64_t d_end) {
     const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
     const int64_t W = Cell::kSaved * H;
     const auto opts = x.options();
@@ -505,7 +535,7 @@ struct Engine {
       x_real_p = x_real.data_ptr<scalar_t>();
       padded_rows.gather(T, I, x_p, x_real_p);
     }
-    for (int64_t d = 0; d < D; ++d) {
+    for (int64_t d = d_begin; d < d_end; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
       // The state lives in hn[d] (it ends as h_T) and cn[d]; pointers, not at:: calls (see above).
       scalar_t* h_state_p = hn.data_ptr<scalar_t>() + d * B * P;
@@ -681,6 +711,31 @@ struct Engine {
                        const at::Tensor& saved, at::Tensor& grad_x, at::Tensor& grad_w_ih, at::Tensor& grad_b_ih,
                        at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh, at::Tensor& grad_b_hh,
                        at::Tensor& grad_w_hr) {
+    if (directions_concurrently(s)) {
+      // Both directions add into x's gradient: the second writes its own, added after both have run.
+      at::Tensor grad_x_second = grad_x.defined() ? at::empty_like(grad_x) : at::Tensor();
+      at::parallel_for(0, 2, 1, [&](int64_t d_begin, int64_t d_end) {
+        backward_directions(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_c, active_rows, y,
+                            saved, d_begin == 0 ? grad_x : grad_x_second, grad_w_ih, grad_b_ih, grad_h0, grad_c0,
+                            grad_w_hh, grad_b_hh, grad_w_hr, d_begin, d_end);
+      });
+      if (grad_x.defined()) grad_x.add_(grad_x_second);
+      return;
+    }
+    backward_directions(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_c, active_rows, y, saved,
+                        grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_c0, grad_w_hh, grad_b_hh, grad_w_hr, 0, s.D);
+  }
+
+  // backward for the directions [d_begin, d_end): each writes only its own parts of the gradients but x's, which
+  // the first of them writes and the others add to.
+  static void backward_directions(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& grad_hn,
+                                  const at::Tensor& grad_cn, const at::Tensor& x, const at::Tensor& w_ih,
+                                  const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+                                  const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_c,
+                                  const std::vector<int64_t>& active_rows, const at::Tensor& y, const at::Tensor& saved,
+                                  at::Tensor& grad_x, at::Tensor& grad_w_ih, at::Tensor& grad_b_ih,
+                                  at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
+                                  at::Tensor& grad_b_hh, at::Tensor& grad_w_hr, int64_t d_begin, int64_t d_end) {
     const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, G = s.G, GH = G * H;
     const int64_t I = x.size(2);
     const int64_t W = Cell::kSaved * H;
@@ -707,7 +762,7 @@ struct Engine {
     scalar_t* dgx_p = dgx.data_ptr<scalar_t>();
     scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
     const auto row_kernel = Cell::template backward<scalar_t>(row_kernels<scalar_t>());
-    for (int64_t d = 0; d < D; ++d) {
+    for (int64_t d = d_begin; d < d_end; ++d) {
       const StepIndex idx{T, d == 1, lengths_c.defined() ? lengths_c.data_ptr<int64_t>() : nullptr};
       // The running dL/dh ping-pongs between grad_h0[d] and dh_next, one step each.
       scalar_t* dh_state_p = grad_h0.data_ptr<scalar_t>() + d * B * P;
@@ -909,7 +964,7 @@ struct Engine {
           for (int64_t t = 0; t < T; ++t) {
             const int64_t n = active_rows[t];
             scalar_t* dst = gx + t * B * I;
-            if (d == 0) {
+            if (d == d_begin) {
               std::copy_n(g, n * I, dst);
               std::fill(dst + n * I, dst + B * I, scalar_t(0));
             } else {
@@ -924,11 +979,11 @@ struct Engine {
           // active; the others' gradient is zero.
           for (int64_t t = 0; t < T; ++t) {
             const int64_t n = active_rows[t];
-            w_ih_packed.multiply(n, dgx_p + t * B * GH, GH, d == 0 ? 0 : 1, gx + t * B * I, I);
-            if (d == 0) std::fill(gx + (t * B + n) * I, gx + (t + 1) * B * I, scalar_t(0));
+            w_ih_packed.multiply(n, dgx_p + t * B * GH, GH, d == d_begin ? 0 : 1, gx + t * B * I, I);
+            if (d == d_begin) std::fill(gx + (t * B + n) * I, gx + (t + 1) * B * I, scalar_t(0));
           }
         } else {
-          w_ih_packed.multiply(T * B, dgx_p, GH, d == 0 ? 0 : 1, gx, I);
+          w_ih_packed.multiply(T * B, dgx_p, GH, d == d_begin ? 0 : 1, gx, I);
         }
       }
       if (grad_b_ih.defined()) {
