@@ -21,7 +21,7 @@ struct CpuLauncher {
   static void check_call(const char* op, const LayerSizes&, const at::Tensor& x) {
     TORCH_CHECK(x.device().is_cpu(), op, ": the CPU engine got x on ", x.device());
   }
-  static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor&) { return lengths; }
+  static at::Tensor host_to_device(const at::Tensor& host, const at::Tensor&) { return host; }
   template <typename F>
   static void run(int64_t n, const F& f) {
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {

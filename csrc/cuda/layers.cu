@@ -118,15 +118,15 @@ struct CudaLauncher {
     TORCH_INTERNAL_ASSERT(path == CudaPath::kStepwise, op, ": no implementation for CUDA path ",
                           cuda_path_name(path));
   }
-  // The host's lengths (a PackedSequence's, always on the CPU) copied to the device without making
-  // the host wait: from pinned memory, on the current stream. Not while a CUDA graph is being
-  // captured (the copy would read this call's host buffer at every replay): packed input cannot be
-  // captured yet, and says so.
-  static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor& x) {
+  // A host tensor that only variable lengths bring (the lengths, a PackedSequence's, always on the
+  // CPU; the compact rows' index) copied to the device without making the host wait: from pinned
+  // memory, on the current stream. Not while a CUDA graph is being captured (the copy would read
+  // this call's host buffer at every replay): packed input cannot be captured yet, and says so.
+  static at::Tensor host_to_device(const at::Tensor& host, const at::Tensor& x) {
     TORCH_CHECK(at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None,
                 "fastrnn: a PackedSequence (variable lengths) cannot be captured in a CUDA graph yet; capture "
                 "padded input instead");
-    return lengths.pin_memory().to(x.device(), /*non_blocking=*/true);
+    return host.pin_memory().to(x.device(), /*non_blocking=*/true);
   }
   template <typename F>
   static void run(int64_t n, const F& f) {

@@ -7,7 +7,8 @@
 //     static void check_call(const char* op, const LayerSizes& s, const at::Tensor& x);
 //     using Guard = ...;  // constructed from x for the whole op (CUDA: the device guard, and
 //                         // float32 GEMMs in the precision of torch.nn's cuDNN RNNs)
-//     static at::Tensor lengths_for_functors(const at::Tensor& lengths, const at::Tensor& x);
+//     // A host tensor (the lengths, the compact rows' index) where the functors can read it.
+//     static at::Tensor host_to_device(const at::Tensor& host, const at::Tensor& x);
 //     template <class F> static void run(int64_t n, const F& f);        // f(i) for i in [0, n)
 //   };
 //
@@ -25,9 +26,16 @@
 // Both directions of a bidirectional layer run at once: at processing step k the forward
 // direction is at time k and the reverse one at T-1-k, and each step's GEMMs are batched over
 // the direction dimension (bmm over [D, ...]) and its pointwise pass is one launch over both
-// (PerDirection). Every step multiplies all B rows (rows past their sequence's end included;
-// their results are not used), so the loop needs nothing from the host but T. Nothing is
-// allocated inside the time loops, and nothing waits for the device.
+// (PerDirection). Nothing is allocated inside the time loops, and nothing waits for the device.
+//
+// Variable lengths are paid by their real rows (RealRows): step k multiplies and updates only
+// the first n_k rows, the most that any direction's time at k has running (with lengths sorted
+// decreasingly, as PackedSequence gives them, exactly the rows still running), and the products
+// over all steps (the input projection; backward's weight gradients and x's) take only the rows
+// that some step uses, gathered in time order ("compact" rows [N, D, ...], N = sum of the steps'
+// rows). The state (h, c; backward's dL/dh) is one buffer updated in place: each functor element
+// reads and then writes only its own (row, unit), after the step's GEMM has read the old state,
+// so rows a step leaves out keep their last value, which is their final state.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -86,7 +94,8 @@ struct ForwardStep {
   const scalar_t* hg;      // [B, G*H] h_prev @ W_hh^T (no bias)
   const scalar_t* b_hh;    // [G*H] or nullptr
   const scalar_t* h_prev;  // [B, P]
-  scalar_t* h_next;        // [B, P]; unused with a projection (ProjectionCommit writes it)
+  scalar_t* h_next;        // [B, P] (h_prev's buffer: element (b, j) is read, then written); unused with a
+                           // projection (ProjectionCommit writes it)
   scalar_t* c;             // [B, H], updated in place (LSTM)
   scalar_t* r;             // [B, H]: the unprojected output, with a projection; else nullptr
   scalar_t* y;             // this direction's columns of y at step t
@@ -211,13 +220,19 @@ struct BackwardStep {
   const scalar_t* c0;        // [B, H] (LSTM)
   const scalar_t* dh_cur;    // [B, P]
   const scalar_t* dr;        // [B, H]: dL/dr with a projection (dh @ W_hr), else nullptr
-  scalar_t* dh_next;         // [B, P]; with a projection ProjectionGradFn fills it
+  scalar_t* dh_next;         // [B, P] (dh_cur's buffer: element (b, j) is read, then written); with a
+                             // projection ProjectionGradFn fills it
   scalar_t* dc;              // [B, H] (LSTM), updated in place
-  scalar_t* dgx;             // gradients of the input projection at step t: row b at dgx + b * dgx_stride
-  int64_t dgx_stride;
-  scalar_t* dgh;             // [B, G*H]: of the recurrent one (GRU's differ; other cells write the same values)
-  bool dgh_is_dgx;           // one buffer: written once
-  scalar_t* r_out;           // [B, H] of step t: r recomputed for W_hr's gradient, or nullptr
+  // Gate gradients of step t. Of the input projection (compact rows: row b at dgx + b * compact_stride), and of
+  // the recurrent one: for this step's GEMM (dgh_step, [B, G*H]) and, where they differ from dgx (GRU), for
+  // W_hh's gradient (dgh_all, compact rows like dgx; else nullptr).
+  scalar_t* dgx;
+  int64_t compact_stride;    // D*G*H
+  int64_t compact_rows;      // step t's compact rows: rows[t] (the other direction's step may run more rows)
+  scalar_t* dgh_step;
+  scalar_t* dgh_all;
+  scalar_t* r_out;           // compact rows of D*H: r recomputed for W_hr's gradient, or nullptr
+  int64_t r_stride;          // D*H
 
   FASTRNN_HOST_DEVICE const scalar_t* saved_row(int64_t time, int64_t b, int64_t width) const {
     return saved + (time * B + b) * width;
@@ -229,16 +244,25 @@ struct BackwardStep {
     return static_cast<acc_t>(dh_cur[b * P + j]) + static_cast<acc_t>(gy[(t * B + b) * y_stride + j]);
   }
   // Gate q's gradient of unit j: d_in for the input projection, d_rec for the recurrent one.
+  // (Of a running row, which always has its compact row.)
   FASTRNN_HOST_DEVICE void write_gate(int64_t b, int64_t G, int64_t q, int64_t j, at::opmath_type<scalar_t> d_in,
                                       at::opmath_type<scalar_t> d_rec) const {
-    dgx[b * dgx_stride + q * H + j] = static_cast<scalar_t>(d_in);
-    if (!dgh_is_dgx) dgh[b * G * H + q * H + j] = static_cast<scalar_t>(d_rec);
+    dgx[b * compact_stride + q * H + j] = static_cast<scalar_t>(d_in);
+    dgh_step[b * G * H + q * H + j] = static_cast<scalar_t>(d_rec);
+    if (dgh_all) dgh_all[b * compact_stride + q * H + j] = static_cast<scalar_t>(d_rec);
   }
-  // Past the sequence's end: no gate gradients, and dL/dh passes through untouched.
+  // Past the sequence's end: no gate gradients, and dL/dh passes through untouched. A row past step t's
+  // compact rows has none to write (its compact row would be another step's).
   FASTRNN_HOST_DEVICE void inactive(int64_t b, int64_t j, int64_t G) const {
-    for (int64_t q = 0; q < G; ++q) write_gate(b, G, q, j, 0, 0);
+    const bool has_compact_row = b < compact_rows;
+    for (int64_t q = 0; q < G; ++q) {
+      dgh_step[b * G * H + q * H + j] = scalar_t(0);
+      if (!has_compact_row) continue;
+      dgx[b * compact_stride + q * H + j] = scalar_t(0);
+      if (dgh_all) dgh_all[b * compact_stride + q * H + j] = scalar_t(0);
+    }
     if (!dr) dh_next[b * P + j] = dh_cur[b * P + j];
-    if (r_out) r_out[b * H + j] = scalar_t(0);
+    if (r_out && has_compact_row) r_out[b * r_stride + j] = scalar_t(0);
   }
 };
 
@@ -261,7 +285,7 @@ struct LstmBackwardFn {
     for (int q = 0; q < 4; ++q) s.write_gate(b, 4, q, j, dgates[q], dgates[q]);
     s.dc[b * H + j] = static_cast<scalar_t>(g.d_c_prev);
     if (!s.dr) s.dh_next[b * s.P + j] = scalar_t(0);  // LSTM's h reaches h_prev only through W_hh
-    if (s.r_out) s.r_out[b * H + j] = static_cast<scalar_t>(og * cells::tanh_(c));
+    if (s.r_out) s.r_out[b * s.r_stride + j] = static_cast<scalar_t>(og * cells::tanh_(c));
   }
 };
 
@@ -304,8 +328,9 @@ struct RnnBackwardFn {
   }
 };
 
-// With a projection, before the cell's functor: dL/dh_t in P-space (dh_all[t], zero past the
-// end), and dh_next's start (dL/dh passes through past the end; else W_hh brings all of it).
+// With a projection, before the cell's functor: dL/dh_t in P-space (zero past the end), for this
+// step's GEMM (dh_t) and for W_hr's gradient (dh_all, compact rows), and dh_next's start (dL/dh
+// passes through past the end; else W_hh brings all of it).
 template <typename scalar_t>
 struct ProjectionGradFn {
   Steps steps;
@@ -313,36 +338,42 @@ struct ProjectionGradFn {
   const scalar_t* dh_cur;  // [B, P]
   const scalar_t* gy;      // this direction's columns of grad_y
   int64_t y_stride;
-  scalar_t* dh_t;          // [B, P]: dh_all[t]
-  scalar_t* dh_next;       // [B, P]
+  scalar_t* dh_t;          // [B, P]
+  scalar_t* dh_all;        // compact rows of D*P
+  int64_t dh_all_stride;   // D*P
+  int64_t compact_rows;    // step t's (rows past them have no compact row)
+  scalar_t* dh_next;       // [B, P] (dh_cur's buffer)
   FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t b = i / P, p = i % P;
     const bool active = steps.active(t, b);
-    dh_t[i] = active ? static_cast<scalar_t>(static_cast<acc_t>(dh_cur[i]) +
-                                             static_cast<acc_t>(gy[(t * B + b) * y_stride + p]))
-                     : scalar_t(0);
+    const scalar_t d = active ? static_cast<scalar_t>(static_cast<acc_t>(dh_cur[i]) +
+                                                      static_cast<acc_t>(gy[(t * B + b) * y_stride + p]))
+                              : scalar_t(0);
+    dh_t[i] = d;
+    if (b < compact_rows) dh_all[b * dh_all_stride + p] = d;
     dh_next[i] = active ? scalar_t(0) : dh_cur[i];
   }
 };
 
-// out[k, b] = the state sequence b entered step t with (h0 at its first step), zero past its end:
-// the right operand of W_hh's gradient, in the order of the gate gradients it multiplies: by
-// processing position (t = steps.time(k)) or by time (t = k).
+// Compact row r (step t, row b) of out = the state sequence b entered step t with (h0 at its
+// first step), zero past its end: the right operand of W_hh's gradient, in the rows of the gate
+// gradients it multiplies.
 template <typename scalar_t>
 struct PrevStatesFn {
   Steps steps;
   int64_t B, P;
-  const scalar_t* y;  // this direction's columns
+  const int64_t* row_index;  // compact row r is t * B + b = row_index[r]; nullptr: r itself (every row)
+  const scalar_t* y;         // this direction's columns
   int64_t y_stride;
-  const scalar_t* h0;  // [B, P]
-  scalar_t* out;       // [T, B, P]
-  bool processing_order;
+  const scalar_t* h0;        // [B, P]
+  scalar_t* out;             // compact rows of out_stride (D*P)
+  int64_t out_stride;
   FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
-    const int64_t k = i / (B * P), t = processing_order ? steps.time(k) : k, b = (i / P) % B, p = i % P;
-    out[i] = !steps.active(t, b)  ? scalar_t(0)
-             : steps.first(t, b) ? h0[b * P + p]
-                                 : y[(steps.prev(t) * B + b) * y_stride + p];
+    const int64_t r = i / P, p = i % P, tb = row_index ? row_index[r] : r, t = tb / B, b = tb % B;
+    out[r * out_stride + p] = !steps.active(t, b)  ? scalar_t(0)
+                              : steps.first(t, b) ? h0[b * P + p]
+                                                  : y[(steps.prev(t) * B + b) * y_stride + p];
   }
 };
 
@@ -376,8 +407,57 @@ inline at::Tensor buffer(const at::Tensor& like, at::IntArrayRef sizes) { return
 // lengths as the functors read them (on CUDA: copied to x's device once per call, before the loop).
 template <typename Launcher>
 at::Tensor device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& x) {
-  return lengths.has_value() ? Launcher::lengths_for_functors(lengths->contiguous(), x) : at::Tensor();
+  return lengths.has_value() ? Launcher::host_to_device(lengths->contiguous(), x) : at::Tensor();
 }
+
+// Which rows of the padded [T, B] layout the call computes (see the top of this file). Step t's rows are
+// its first rows[t] (active_rows_per_step: the last running row's index + 1); compact row offset[t] + b
+// is (t, b). Without lengths, or with every row running at every step, that is every row and compact
+// rows are the padded ones (offset[t] = t * B, no gather).
+struct RealRows {
+  std::vector<int64_t> rows, offset;
+  int64_t total = 0;       // N
+  at::Tensor index;        // [N] t * B + b of each compact row, on x's device; undefined when every row counts
+  const int64_t* index_ptr() const { return index.defined() ? index.data_ptr<int64_t>() : nullptr; }
+  bool compact() const { return index.defined(); }
+  // Rows that processing step k multiplies: the most that any of the D directions has at its time.
+  int64_t at_step(const Steps* steps, int64_t D, int64_t k) const {
+    int64_t n = 0;
+    for (int64_t d = 0; d < D; ++d) n = std::max(n, rows[steps[d].time(k)]);
+    return n;
+  }
+};
+
+template <typename Launcher>
+RealRows real_rows(const char* op, const c10::optional<at::Tensor>& lengths, int64_t T, int64_t B,
+                   const at::Tensor& x) {
+  RealRows r;
+  r.rows = active_rows_per_step(op, lengths, T, B);  // also validates the lengths
+  r.offset.resize(T);
+  for (int64_t t = 0; t < T; ++t) {
+    r.offset[t] = r.total;
+    r.total += r.rows[t];
+  }
+  if (r.total == T * B) {
+    for (int64_t t = 0; t < T; ++t) r.offset[t] = t * B;
+    return r;
+  }
+  at::Tensor index = at::empty({r.total}, at::TensorOptions().dtype(at::kLong));
+  int64_t* p = index.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t b = 0; b < r.rows[t]; ++b) *p++ = t * B + b;
+  }
+  r.index = Launcher::host_to_device(index, x);
+  return r;
+}
+
+// x's rows that the call computes, [N, I].
+inline at::Tensor compact_rows(const at::Tensor& x2d, const RealRows& rows) {
+  return rows.compact() ? x2d.index_select(0, rows.index) : x2d;
+}
+
+// The first n rows of a [D, B, ...] buffer (every row: the buffer itself, no view to make).
+inline at::Tensor first_rows(const at::Tensor& t, int64_t n) { return n == t.size(1) ? t : t.narrow(1, 0, n); }
 
 // A pointer's offset for direction d, as a per-direction functor's base.
 template <typename scalar_t>
@@ -389,19 +469,22 @@ template <typename Launcher, typename Cell, typename scalar_t>
 void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, const c10::optional<at::Tensor>& b_ih,
              const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
              const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
-             const at::Tensor& lengths_dev, bool save, at::Tensor& y, at::Tensor& hn, at::Tensor& cn,
-             at::Tensor& saved) {
+             const at::Tensor& lengths_dev, const RealRows& rows, bool save, at::Tensor& y, at::Tensor& hn,
+             at::Tensor& cn, at::Tensor& saved) {
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
-  // Both directions' input projections in one GEMM: xp [T*B, D*G*H], direction d in columns d*G*H...
-  at::Tensor xp = buffer(x, {T * B, D * GH});
+  // Both directions' input projections in one GEMM over the compact rows: xp [N, D*G*H], direction d in
+  // columns d*G*H...
+  at::Tensor xp = buffer(x, {rows.total, D * GH});
+  const at::Tensor x_rows = compact_rows(x.view({T * B, I}), rows);
   if (b_ih.has_value()) {
-    at::addmm_out(xp, b_ih->view({D * GH}), x.view({T * B, I}), w_ih.view({D * GH, I}).t());
+    at::addmm_out(xp, b_ih->view({D * GH}), x_rows, w_ih.view({D * GH, I}).t());
   } else {
-    at::mm_out(xp, x.view({T * B, I}), w_ih.view({D * GH, I}).t());
+    at::mm_out(xp, x_rows, w_ih.view({D * GH, I}).t());
   }
+  if (rows.compact()) y.zero_();  // the rows no step computes are past their sequence's end
   at::Tensor hg = buffer(x, {D, B, GH});
-  at::Tensor h_cur = buffer(x, {D, B, P}), h_nxt = buffer(x, {D, B, P});
-  h_cur.copy_(h0);
+  at::Tensor h = buffer(x, {D, B, P});  // the state, updated in place
+  h.copy_(h0);
   if (Cell::kHasCellState) cn.copy_(c0);
   at::Tensor r_buf = s.proj ? buffer(x, {D, B, H}) : at::Tensor();
   at::Tensor proj_buf = s.proj ? buffer(x, {D, B, P}) : at::Tensor();
@@ -413,22 +496,26 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
   const Steps steps[2] = {{T, false, len}, {T, true, len}};
   using Forward = typename Cell::template Forward<scalar_t>;
   for (int64_t k = 0; k < T; ++k) {
-    at::bmm_out(hg, h_cur, w_hh_t);  // [D, B, P] @ [D, P, G*H], both directions
+    const int64_t n = rows.at_step(steps, D, k);
+    if (n == 0) continue;  // no sequence is running at this step in any direction
+    at::Tensor hg_n = first_rows(hg, n);
+    at::bmm_out(hg_n, first_rows(h, n), w_hh_t);  // [D, n, P] @ [D, P, G*H], both directions
     PerDirection<Forward> cell{};
     PerDirection<ProjectionCommitFn<scalar_t>> commit{};
     for (int64_t d = 0; d < 2; ++d) {
       const int64_t dd = d < D ? d : 0;  // with one direction, dir[1] repeats dir[0] (and is not run)
       const int64_t t = steps[dd].time(k);
+      scalar_t* h_d = h.data_ptr<scalar_t>() + dd * B * P;
       ForwardStep<scalar_t> st{steps[dd],
                                t,
                                H,
                                P,
-                               xp.data_ptr<scalar_t>() + t * B * D * GH + dd * GH,
+                               xp.data_ptr<scalar_t>() + rows.offset[t] * D * GH + dd * GH,
                                D * GH,
                                hg.data_ptr<scalar_t>() + dd * B * GH,
                                at_offset<scalar_t>(b_hh_all, dd * GH),
-                               h_cur.data_ptr<scalar_t>() + dd * B * P,
-                               h_nxt.data_ptr<scalar_t>() + dd * B * P,
+                               h_d,
+                               h_d,
                                Cell::kHasCellState ? cn.data_ptr<scalar_t>() + dd * B * H : nullptr,
                                at_offset<scalar_t>(r_buf, dd * B * H),
                                y.data_ptr<scalar_t>() + t * B * D * P + dd * P,
@@ -439,66 +526,67 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
       commit.dir[d] = ProjectionCommitFn<scalar_t>{steps[dd], t, P, at_offset<scalar_t>(proj_buf, dd * B * P),
                                                    st.h_prev, st.h_next, st.y, D * P};
     }
-    cell.n = B * H;
-    Launcher::run(D * B * H, cell);
+    cell.n = n * H;
+    Launcher::run(D * n * H, cell);
     if (s.proj) {
-      at::bmm_out(proj_buf, r_buf, w_hr_t);  // [D, B, H] @ [D, H, P]
-      commit.n = B * P;
-      Launcher::run(D * B * P, commit);
+      at::Tensor proj_n = first_rows(proj_buf, n);
+      at::bmm_out(proj_n, first_rows(r_buf, n), w_hr_t);  // [D, n, H] @ [D, H, P]
+      commit.n = n * P;
+      Launcher::run(D * n * P, commit);
     }
-    std::swap(h_cur, h_nxt);
   }
-  hn.copy_(h_cur);
+  hn.copy_(h);
 }
 
 template <typename Launcher, typename Cell, typename scalar_t>
 void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
               const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& h0, const at::Tensor& c0,
               const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& lengths_dev,
-              const at::Tensor& y, const at::Tensor& saved, at::Tensor& grad_x, at::Tensor& grad_w_ih,
-              at::Tensor& grad_b_ih, at::Tensor& grad_h0, at::Tensor& grad_c0, at::Tensor& grad_w_hh,
-              at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
+              const RealRows& rows, const at::Tensor& y, const at::Tensor& saved, at::Tensor& grad_x,
+              at::Tensor& grad_w_ih, at::Tensor& grad_b_ih, at::Tensor& grad_h0, at::Tensor& grad_c0,
+              at::Tensor& grad_w_hh, at::Tensor& grad_b_hh, at::Tensor& grad_w_hr) {
   const int64_t T = s.T, B = s.B, H = s.H, P = s.P, D = s.D, GH = Cell::kGates * H, I = x.size(2);
-  // The input projection's gate gradients in time order, both directions side by side (the
-  // layout of the forward's xp): [T*B, D*G*H], so that W_ih's and x's gradients are one GEMM each.
-  at::Tensor dgx = buffer(x, {T * B, D * GH});
-  // The recurrent ones, which the step's GEMM reads for both directions as one strided batch
-  // [D, B, G*H]: where they differ from dgx (GRU), all steps in processing order (index k: time k
-  // forward, T-1-k reverse), for W_hh's gradient too; where they agree, with one direction dgx
-  // itself (processing order is time order), with two a per-step buffer (W_hh's gradient then
-  // reads dgx, and the previous states by time).
-  const bool dgh_is_dgx = D == 1 && !Cell::kSeparateRecurrentGrad;
-  const bool dgh_per_step = D == 2 && !Cell::kSeparateRecurrentGrad;
-  at::Tensor dgh = dgh_is_dgx ? dgx.view({1, T, B, GH}) : buffer(x, {D, dgh_per_step ? 1 : T, B, GH});
-  at::Tensor dh_cur = buffer(x, {D, B, P}), dh_nxt = buffer(x, {D, B, P});
-  dh_cur.copy_(grad_hn);
+  const int64_t N = rows.total;
+  // Over the compact rows in time order, both directions side by side (the layout of the forward's xp):
+  // the input projection's gate gradients [N, D*G*H] (W_ih's and x's gradients are one GEMM each), and
+  // GRU's recurrent ones, which differ in the n gate (the other cells' W_hh gradient reads dgx).
+  at::Tensor dgx = buffer(x, {N, D * GH});
+  at::Tensor dgh_all = Cell::kSeparateRecurrentGrad ? buffer(x, {N, D * GH}) : at::Tensor();
+  at::Tensor dgh_step = buffer(x, {D, B, GH});  // the recurrent gate gradients of the step at hand
+  at::Tensor dh = buffer(x, {D, B, P});         // dL/dh, updated in place
+  dh.copy_(grad_hn);
   if (Cell::kHasCellState) grad_c0.copy_(grad_cn);  // the running dL/dc, in place
-  at::Tensor h_prev_all = buffer(x, {D, T, B, P});                           // in dgh's order
-  at::Tensor dh_all = s.proj ? buffer(x, {D, T, B, P}) : at::Tensor();       // processing order
-  at::Tensor r_all = s.proj ? buffer(x, {D, T, B, H}) : at::Tensor();        // processing order
+  at::Tensor h_prev_all = buffer(x, {N, D, P});
+  at::Tensor dh_step = s.proj ? buffer(x, {D, B, P}) : at::Tensor();
+  at::Tensor dh_all = s.proj ? buffer(x, {N, D, P}) : at::Tensor();
+  at::Tensor r_all = s.proj ? buffer(x, {N, D, H}) : at::Tensor();
   at::Tensor dr = s.proj ? buffer(x, {D, B, H}) : at::Tensor();
   const int64_t* len = lengths_dev.defined() ? lengths_dev.data_ptr<int64_t>() : nullptr;
   const Steps steps[2] = {{T, false, len}, {T, true, len}};
-  // Per-step views made once (per step they cost host time, which counts at small sizes).
-  const std::vector<at::Tensor> dgh_steps = dgh.unbind(1);                                      // [D, B, G*H]
-  const std::vector<at::Tensor> dh_all_steps = s.proj ? dh_all.unbind(1) : std::vector<at::Tensor>();  // [D, B, P]
   using Backward = typename Cell::template Backward<scalar_t>;
   for (int64_t k = T - 1; k >= 0; --k) {
+    const int64_t n = rows.at_step(steps, D, k);
+    if (n == 0) continue;
     PerDirection<ProjectionGradFn<scalar_t>> proj_grad{};
     PerDirection<Backward> cell{};
     for (int64_t d = 0; d < 2; ++d) {
       const int64_t dd = d < D ? d : 0;  // with one direction, dir[1] repeats dir[0] (and is not run)
       const int64_t t = steps[dd].time(k);
+      const int64_t compact_row = rows.offset[t] * D;  // (t, 0)'s compact row, in units of one direction's width
       const scalar_t* gy_d = grad_y.data_ptr<scalar_t>() + dd * P;
+      scalar_t* dh_d = dh.data_ptr<scalar_t>() + dd * B * P;
       proj_grad.dir[d] = ProjectionGradFn<scalar_t>{steps[dd],
                                                     t,
                                                     B,
                                                     P,
-                                                    dh_cur.data_ptr<scalar_t>() + dd * B * P,
+                                                    dh_d,
                                                     gy_d,
                                                     D * P,
-                                                    at_offset<scalar_t>(dh_all, (dd * T + k) * B * P),
-                                                    dh_nxt.data_ptr<scalar_t>() + dd * B * P};
+                                                    at_offset<scalar_t>(dh_step, dd * B * P),
+                                                    at_offset<scalar_t>(dh_all, (compact_row + dd) * P),
+                                                    D * P,
+                                                    rows.rows[t],
+                                                    dh_d};
       BackwardStep<scalar_t> st{steps[dd],
                                 t,
                                 B,
@@ -510,45 +598,45 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
                                 D * P,
                                 h0.data_ptr<scalar_t>() + dd * B * P,
                                 Cell::kHasCellState ? c0.data_ptr<scalar_t>() + dd * B * H : nullptr,
-                                dh_cur.data_ptr<scalar_t>() + dd * B * P,
+                                dh_d,
                                 at_offset<scalar_t>(dr, dd * B * H),
-                                dh_nxt.data_ptr<scalar_t>() + dd * B * P,
+                                dh_d,
                                 Cell::kHasCellState ? grad_c0.data_ptr<scalar_t>() + dd * B * H : nullptr,
-                                dgx.data_ptr<scalar_t>() + t * B * D * GH + dd * GH,
+                                dgx.data_ptr<scalar_t>() + (compact_row + dd) * GH,
                                 D * GH,
-                                dgh.data_ptr<scalar_t>() + (dd * dgh.size(1) + (dgh_per_step ? 0 : k)) * B * GH,
-                                dgh_is_dgx,
-                                at_offset<scalar_t>(r_all, (dd * T + k) * B * H)};
+                                rows.rows[t],
+                                dgh_step.data_ptr<scalar_t>() + dd * B * GH,
+                                at_offset<scalar_t>(dgh_all, (compact_row + dd) * GH),
+                                at_offset<scalar_t>(r_all, (compact_row + dd) * H),
+                                D * H};
       cell.dir[d] = Backward{st};
     }
     if (s.proj) {
-      proj_grad.n = B * P;
-      Launcher::run(D * B * P, proj_grad);
-      at::bmm_out(dr, dh_all_steps[k], *w_hr);  // [D, B, P] @ [D, P, H]
+      proj_grad.n = n * P;
+      Launcher::run(D * n * P, proj_grad);
+      at::Tensor dr_n = first_rows(dr, n);
+      at::bmm_out(dr_n, first_rows(dh_step, n), *w_hr);  // [D, n, P] @ [D, P, H]
     }
-    cell.n = B * H;
-    Launcher::run(D * B * H, cell);
-    dh_nxt.baddbmm_(dgh_steps[dgh_per_step ? 0 : k], w_hh);  // += dgates_k @ W_hh: [D, B, G*H] @ [D, G*H, P]
-    std::swap(dh_cur, dh_nxt);
+    cell.n = n * H;
+    Launcher::run(D * n * H, cell);
+    first_rows(dh, n).baddbmm_(first_rows(dgh_step, n), w_hh);  // += dgates_k @ W_hh: [D, n, G*H] @ [D, G*H, P]
   }
-  grad_h0.copy_(dh_cur);
+  grad_h0.copy_(dh);
   // What needs every step at once: the weight and bias gradients, x's gradient.
   PerDirection<PrevStatesFn<scalar_t>> prev{};
   for (int64_t d = 0; d < 2; ++d) {
     const int64_t dd = d < D ? d : 0;
-    prev.dir[d] = PrevStatesFn<scalar_t>{steps[dd], B, P, y.data_ptr<scalar_t>() + dd * P, D * P,
+    prev.dir[d] = PrevStatesFn<scalar_t>{steps[dd], B, P, rows.index_ptr(), y.data_ptr<scalar_t>() + dd * P, D * P,
                                          h0.data_ptr<scalar_t>() + dd * B * P,
-                                         h_prev_all.data_ptr<scalar_t>() + dd * T * B * P, !dgh_per_step};
+                                         h_prev_all.data_ptr<scalar_t>() + dd * P, D * P};
   }
-  prev.n = T * B * P;
-  Launcher::run(D * T * B * P, prev);
-  const at::Tensor x2d = x.view({T * B, I});
+  prev.n = N * P;
+  Launcher::run(D * N * P, prev);
   at::Tensor gw_ih = grad_w_ih.view({D * GH, I});
-  at::mm_out(gw_ih, dgx.t(), x2d);
-  // [D, T*B, G*H]: the recurrent gate gradients of all steps (with a per-step dgh: dgx's columns of each
-  // direction, a strided view)
-  const at::Tensor dgh3d = dgh_per_step ? dgx.view({T * B, D, GH}).transpose(0, 1) : dgh.view({D, T * B, GH});
-  at::bmm_out(grad_w_hh, dgh3d.transpose(1, 2), h_prev_all.view({D, T * B, P}));
+  at::mm_out(gw_ih, dgx.t(), compact_rows(x.view({T * B, I}), rows));
+  // [D, N, G*H]: the recurrent gate gradients of all compact rows, per direction (a strided view)
+  const at::Tensor dgh3d = (Cell::kSeparateRecurrentGrad ? dgh_all : dgx).view({N, D, GH}).transpose(0, 1);
+  at::bmm_out(grad_w_hh, dgh3d.transpose(1, 2), h_prev_all.transpose(0, 1));
   if (grad_b_ih.defined()) {
     at::Tensor gb = grad_b_ih.view({D * GH});
     at::sum_out(gb, dgx, at::IntArrayRef{0});
@@ -556,10 +644,16 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
   if (grad_b_hh.defined()) at::sum_out(grad_b_hh, dgh3d, at::IntArrayRef{1});
   if (grad_x.defined()) {
     at::Tensor gx = grad_x.view({T * B, I});
-    at::mm_out(gx, dgx, w_ih.view({D * GH, I}));  // both directions' contributions summed by the GEMM
+    if (rows.compact()) {
+      // Rows no step computes get no gradient; both directions' contributions are summed by the GEMM.
+      gx.zero_();
+      gx.index_copy_(0, rows.index, at::mm(dgx, w_ih.view({D * GH, I})));
+    } else {
+      at::mm_out(gx, dgx, w_ih.view({D * GH, I}));
+    }
   }
   if (s.proj) {
-    at::bmm_out(grad_w_hr, dh_all.view({D, T * B, P}).transpose(1, 2), r_all.view({D, T * B, H}));
+    at::bmm_out(grad_w_hr, dh_all.transpose(0, 1).transpose(1, 2), r_all.transpose(0, 1));
   }
 }
 
@@ -577,7 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
       check_layer_args(op, Cell::kGates, x_proj_shape, h0_in, c0_in, w_hh_in, b_hh_in, w_hr_in, lengths);
   Launcher::check_call(op, s, x_in);
   const typename Launcher::Guard guard(x_in);
-  active_rows_per_step(op, lengths, s.T, s.B);  // validates the lengths
+  const RealRows rows = real_rows<Launcher>(op, lengths, s.T, s.B, x_in);  // validates the lengths
   const auto contiguous = [](const c10::optional<at::Tensor>& t) {
     return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
   };
@@ -591,7 +685,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_forward", [&] {
     forward<Launcher, Cell, scalar_t>(s, x, w_ih, contiguous(b_ih_in), h0, c0, w_hh, contiguous(b_hh_in),
-                                      contiguous(w_hr_in), lengths_dev, save, out.y, out.hn, out.cn, out.workspace);
+                                      contiguous(w_hr_in), lengths_dev, rows, save, out.y, out.hn, out.cn, out.workspace);
   });
   return out.tuple();
 }
@@ -610,7 +704,7 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   Launcher::check_call(op, s, x_in);
   const typename Launcher::Guard guard(x_in);
   check_backward_args(op, s, Cell::kSaved, grad_y_in, grad_hn_in, grad_cn_in, x_in, y_in, saved_in);
-  active_rows_per_step(op, lengths, s.T, s.B);
+  const RealRows rows = real_rows<Launcher>(op, lengths, s.T, s.B, x_in);
   const at::Tensor grad_y = grad_y_in.contiguous(), grad_hn = grad_hn_in.contiguous();
   const at::Tensor grad_cn = grad_cn_in ? grad_cn_in->contiguous() : at::Tensor();
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), h0 = h0_in.contiguous();
@@ -624,8 +718,8 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
     return zero_input_grads(g).tuple(x.options());
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastrnn_engine_backward", [&] {
-    backward<Launcher, Cell, scalar_t>(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_dev, y,
-                                       saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0, g.grad_c0, g.grad_w_hh,
+    backward<Launcher, Cell, scalar_t>(s, grad_y, grad_hn, grad_cn, x, w_ih, h0, c0, w_hh, w_hr, lengths_dev, rows,
+                                       y, saved, g.grad_x, g.grad_w_ih, g.grad_b_ih, g.grad_h0, g.grad_c0, g.grad_w_hh,
                                        g.grad_b_hh, g.grad_w_hr);
   });
   return g.tuple(x.options());
