@@ -11,6 +11,8 @@
 // ([D, T, B, S*H]; S = 5 LSTM, 4 GRU, 0 RNN) or is empty [0] when save_for_backward is false.
 // Backward ops return empty [0] tensors for gradients of absent optional arguments.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -126,6 +128,91 @@ constexpr char kGruLayer[] = "fastrnn::gru_layer", kGruNoGrad[] = "fastrnn::gru_
 constexpr char kTanhLayer[] = "fastrnn::rnn_tanh_layer", kTanhNoGrad[] = "fastrnn::rnn_tanh_layer_no_grad";
 constexpr char kReluLayer[] = "fastrnn::rnn_relu_layer", kReluNoGrad[] = "fastrnn::rnn_relu_layer_no_grad";
 
+// A cell module's common call, checked and run without leaving C++ (fastrnn.modules: each cell's forward
+// calls it first). A cell step at small sizes costs about as much as the Python checks of its arguments, and
+// Python run between ops runs cold (measured: a Python check costs twice as much right after an op as in a
+// loop of its own), so these few checks are here. The result, or None for any other call (a non-tensor, a
+// tensor with __torch_function__ or under a torch function mode, another rank, size, dtype, device or layout,
+// a missing weight), which the module's Python then checks in torch.nn's order and serves. The caller has
+// checked what Python knows (functional.plain_calls_allowed: no autocast, tracing, transform or compile).
+// kind: 0 LSTM (hx, cx), 1 GRU, 2 RNN tanh, 3 RNN relu (hx; cx None); b_ih, b_hh None without bias; input_size and
+// hidden_size the module's.
+enum CellKind : int64_t { kLstmCell = 0, kGruCell = 1, kTanhCell = 2, kReluCell = 3 };
+
+pybind11::object plain_cell(int64_t kind, pybind11::handle input, pybind11::handle hx, pybind11::handle cx,
+                            pybind11::handle w_ih, pybind11::handle w_hh, pybind11::handle b_ih,
+                            pybind11::handle b_hh, pybind11::handle bias_flag, int64_t input_size,
+                            int64_t hidden_size) {
+  const pybind11::object none = pybind11::none();
+  // A torch.Tensor or an nn.Parameter, not a subclass (whose __torch_function__ torch.ops would call), or nullptr.
+  const auto tensor = [](pybind11::handle h) -> const at::Tensor* {
+    return THPVariable_CheckExact(h.ptr()) ? &THPVariable_Unpack(h.ptr()) : nullptr;
+  };
+  if (kind < kLstmCell || kind > kReluCell || at::impl::torch_function_mode_enabled()) return none;
+  const int64_t G = kind == kLstmCell ? 4 : kind == kGruCell ? 3 : 1, H = hidden_size;
+  const at::Tensor* x = tensor(input);
+  if (!x || x->dim() != 2 || x->size(1) != input_size || x->layout() != at::kStrided) return none;
+  const bool on_cpu = x->device().is_cpu();
+#ifdef FASTRNN_WITH_CUDA
+  if (!on_cpu && !x->device().is_cuda()) return none;
+#else
+  if (!on_cpu) return none;
+#endif
+  const int64_t B = x->size(0);
+  const auto matches = [&](const at::Tensor* t, std::initializer_list<int64_t> sizes) {
+    return t && t->sizes() == c10::IntArrayRef(sizes) && t->scalar_type() == x->scalar_type() &&
+           t->device() == x->device() && t->layout() == at::kStrided;
+  };
+  // A state: absent (zeros), or [B, H] like x.
+  const auto state = [&](pybind11::handle h, const at::Tensor** out) {
+    *out = nullptr;
+    if (h.is_none()) return true;
+    *out = tensor(h);
+    return matches(*out, {B, H});
+  };
+  const at::Tensor *h0 = nullptr, *c0 = nullptr;
+  if (!state(hx, &h0) || (kind == kLstmCell ? !state(cx, &c0) : !cx.is_none())) return none;
+  const at::Tensor *wi = tensor(w_ih), *wh = tensor(w_hh);
+  if (!matches(wi, {G * H, input_size}) || !matches(wh, {G * H, H})) return none;
+  Optional bi, bh;
+  const int bias = PyObject_IsTrue(bias_flag.ptr());  // the module's bias, as torch.nn reads it (any truthy value)
+  if (bias < 0) throw pybind11::error_already_set();
+  if (bias) {
+    const at::Tensor *pi = tensor(b_ih), *ph = tensor(b_hh);
+    if (!matches(pi, {G * H}) || !matches(ph, {G * H})) return none;
+    bi = *pi;
+    bh = *ph;
+  } else if (!b_ih.is_none() || !b_hh.is_none()) {
+    return none;
+  }
+  at::Tensor h_out, c_out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    const auto zeros_or = [&](const at::Tensor* t) { return t ? *t : at::zeros({B, H}, x->options()); };
+    if (kind == kLstmCell) {
+      static const auto op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("fastrnn::lstm_cell", "")
+                                 .typed<decltype(lstm_cell)>();
+      std::tie(h_out, c_out) = op.call(*x, zeros_or(h0), zeros_or(c0), *wi, *wh, bi, bh);
+    } else {
+      using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const Optional&, const Optional&);
+      static const auto gru = c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::gru_cell", "").typed<Signature>();
+      static const auto tanh =
+          c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::rnn_tanh_cell", "").typed<Signature>();
+      static const auto relu =
+          c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::rnn_relu_cell", "").typed<Signature>();
+      const auto& op = kind == kGruCell ? gru : kind == kTanhCell ? tanh : relu;
+      h_out = op.call(*x, zeros_or(h0), *wi, *wh, bi, bh);
+    }
+  }
+  if (kind == kLstmCell) {
+    return pybind11::make_tuple(pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(h_out)),
+                                pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(c_out)));
+  }
+  return pybind11::reinterpret_steal<pybind11::object>(THPVariable_Wrap(h_out));
+}
+
 }  // namespace
 }  // namespace fastrnn
 
@@ -165,6 +252,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("scratch_bytes_kept", &fastrnn::cpu::scratch_bytes_kept,
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("scratch_limit_bytes", &fastrnn::cpu::scratch_limit_bytes);
+  module.def("plain_cell", &fastrnn::plain_cell);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
   // included; callable without a GPU, for tests and for users asking what will run.
   module.def(

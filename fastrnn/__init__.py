@@ -39,6 +39,7 @@ if _build is not None and _running_torch_minor() != _build.TORCH_MINOR:
 try:
     from . import _C  # noqa: F401  (registers the ops and their CPU/CUDA kernels)
     from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
+    functional.plain_cell = _C.plain_cell
 except (ImportError, OSError, RuntimeError) as _error:  # a missing or broken build
     functional.extension_error = _error
 

@@ -96,6 +96,25 @@ def _tracing() -> bool:
     return _onnx_exporting() or torch.jit.is_tracing()
 
 
+def plain_calls_allowed() -> bool:
+    """Nothing records, transforms or autocasts the call, and the extension is loaded: what implementation_for
+    asks besides the device, in a few cheap checks (~1.2 us against its ~4.5, which a small call pays). False: ask
+    implementation_for. Under torch.compile always False (implementation_for's own checks are what it traces)."""
+    return (not torch.compiler.is_compiling() and extension_error is None and not torch._C._is_any_autocast_enabled()
+            and not torch._C._is_tracing() and torch._C._functorch.peek_interpreter_stack() is None
+            and torch.autograd.forward_ad._current_level < 0 and not _onnx_exporting())
+
+
+def _plainly_the_kernels(device: torch.device) -> bool:
+    """The common case of implementation_for: plain_calls_allowed and kernels for the device."""
+    return _kernels_by_device_type.get(device.type) is True and plain_calls_allowed()
+
+
+# A cell module's common call in C++ (csrc/fastrnn.cpp plain_cell): the result, or None when the call is not the
+# common one. Set when the extension loads.
+plain_cell = None
+
+
 def implementation_for(device: torch.device, mode: str = "", is_cell: bool = False):
     """The function computing the recurrence on `device`, the one place this is chosen.
 
@@ -108,6 +127,8 @@ def implementation_for(device: torch.device, mode: str = "", is_cell: bool = Fal
       there are no kernels for the device.
     Each choice other than the kernels is said once, with its reason, as a RuntimeWarning.
     """
+    if _plainly_the_kernels(device):
+        return rnn
     if not kernels_available(device):
         if extension_error is not None:
             _warn_once(
@@ -349,9 +370,19 @@ def cell_step(mode: str, x: Tensor, states: list, weights: list):
     """One step of a cell on the kernels: torch.ops.fastrnn.<cell>_cell (csrc/fastrnn.cpp: the layer op at T = 1,
     D = 1, the views around it in C++). x [B, I], states [h] or [h, c] ([B, H] each), weights [w_ih, w_hh] or
     [w_ih, w_hh, b_ih, b_hh]. Returns h, or (h, c) for LSTM."""
-    w_ih, w_hh, *biases = weights
-    b_ih, b_hh = biases if biases else (None, None)
-    return getattr(torch.ops.fastrnn, _CELL_OPS[mode])(x, *states, w_ih, w_hh, b_ih, b_hh)
+    if len(weights) == 4:
+        return _cell_op(mode)(x, *states, *weights)
+    return _cell_op(mode)(x, *states, weights[0], weights[1], None, None)
+
+
+_cell_ops: dict = {}
+
+
+def _cell_op(mode: str):
+    op = _cell_ops.get(mode)
+    if op is None:
+        op = _cell_ops[mode] = getattr(torch.ops.fastrnn, _CELL_OPS[mode]).default
+    return op
 
 
 def _cat_layers(ts):

@@ -460,6 +460,12 @@ def _cell_param_shapes(G: int, input_size: int, hidden_size: int) -> dict:
     return shapes
 
 
+# functional.plain_cell's kind of each cell (csrc/fastrnn.cpp CellKind); an RNNCell's by its nonlinearity (another
+# nonlinearity: -1, not a plain call).
+_PLAIN_LSTM_CELL, _PLAIN_GRU_CELL = 0, 1
+_PLAIN_RNN_CELL = {"tanh": 2, "relu": 3}
+
+
 class _CellBase(nn.RNNCellBase):
     _mode = ""
     _gates = 1
@@ -602,6 +608,13 @@ class RNNCell(_CellBase):
         return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if functional.plain_calls_allowed():
+            p = self._parameters
+            h = functional.plain_cell(_PLAIN_RNN_CELL.get(self.nonlinearity, -1), input, hx, None, p.get("weight_ih"),
+                                      p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"), self.bias,
+                                      self.input_size, self.hidden_size)
+            if h is not None:
+                return h
         plain = self._plain_call(input, (hx,), 1)
         if plain is not None:
             return functional.cell_step(self._mode, input, *plain)
@@ -620,6 +633,14 @@ class LSTMCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if functional.plain_calls_allowed() and (hx is None or (type(hx) is tuple and len(hx) == 2)):
+            p = self._parameters
+            h0, c0 = (None, None) if hx is None else hx
+            out = functional.plain_cell(_PLAIN_LSTM_CELL, input, h0, c0, p.get("weight_ih"),
+                                        p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh"), self.bias,
+                                        self.input_size, self.hidden_size)
+            if out is not None:
+                return out
         given = (None, None) if hx is None else tuple(hx)
         plain = self._plain_call(input, given, 2)
         if plain is not None:
@@ -639,6 +660,12 @@ class GRUCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if functional.plain_calls_allowed():
+            p = self._parameters
+            h = functional.plain_cell(_PLAIN_GRU_CELL, input, hx, None, p.get("weight_ih"), p.get("weight_hh"),
+                                      p.get("bias_ih"), p.get("bias_hh"), self.bias, self.input_size, self.hidden_size)
+            if h is not None:
+                return h
         plain = self._plain_call(input, (hx,), 1)
         if plain is not None:
             return functional.cell_step(self._mode, input, *plain)

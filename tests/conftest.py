@@ -238,7 +238,9 @@ def make_cell_pair(kind: CellKind, input_size: int, hidden_size: int, *, bias=Tr
 @contextlib.contextmanager
 def force_reference():
     """Within the block, fastrnn's modules run fastrnn.reference.rnn instead of the kernels."""
-    with mock.patch.object(fastrnn_functional, "implementation_for", lambda device, *args, **kwargs: fastrnn.reference.rnn):
+    # (the cells' plain call in C++ asks plain_calls_allowed, not implementation_for)
+    with mock.patch.object(fastrnn_functional, "implementation_for", lambda device, *args, **kwargs: fastrnn.reference.rnn), \
+            mock.patch.object(fastrnn_functional, "plain_calls_allowed", lambda: False):
         yield
 
 

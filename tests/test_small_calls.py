@@ -302,3 +302,144 @@ def test_bidirectional_at_every_thread_count(cell, packed, threads):
             assert_results_close(*results, what=f"{cell} threads={threads} H={hidden}")
     finally:
         torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- the cells' plain call in C++
+
+def _count_plain_cell_calls(monkeypatch):
+    """Wraps functional.plain_cell (csrc/fastrnn.cpp) to record whether each call served the step (a result) or
+    handed it back to the Python checks (None)."""
+    from fastrnn import functional
+
+    served = []
+    real = functional.plain_cell
+
+    def counting(*args):
+        out = real(*args)
+        served.append(out is not None)
+        return out
+
+    monkeypatch.setattr(functional, "plain_cell", counting)
+    return served
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_plain_cell_call_serves_the_common_call(cell, bias, train, monkeypatch):
+    served = _count_plain_cell_calls(monkeypatch)
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 6, 5, bias=bias)
+    xs = torch.randn(4, 3, 6, dtype=torch.float64)
+    assert_results_close(_stream(twin, xs, "cell", train), _stream(ref, xs, "cell", train), dtype=torch.float64)
+    assert served == [True] * 4  # the first step without a state (zeros), the others with the one fed back
+
+
+class _Traced(torch.Tensor):
+    """A tensor subclass with __torch_function__: torch.ops calls it, so the plain call must not."""
+
+    seen = 0
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _unusual_calls(cell):
+    """(name, make(twin) -> (input, hx)) of calls the plain call must hand back, and what torch.nn makes of them
+    (the same call on torch.nn's twin). A state's shape per cell: (h, c) for LSTM."""
+    def state(B=3, H=5, dtype=torch.float64):
+        h = torch.randn(B, H, dtype=dtype)
+        return (h, torch.randn(B, H, dtype=dtype)) if cell == "lstm" else h
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    calls = {
+        "unbatched": (torch.randn(6, dtype=torch.float64), None),
+        "float32 input": (x.float(), None),
+        "state of another batch": (x, state(B=2)),
+        "state of another dtype": (x, state(dtype=torch.float32)),
+        "input too wide": (torch.randn(3, 7, dtype=torch.float64), None),
+        "not a tensor": ([[1.0] * 6] * 3, None),
+    }
+    if cell == "lstm":
+        h, c = state()
+        calls["state as a list"] = (x, [h, c])
+    return calls
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_plain_cell_call_hands_back_every_other_call(cell, monkeypatch):
+    """Each call the plain call does not serve gets torch.nn's result or torch.nn's exception, from the Python path."""
+    served = _count_plain_cell_calls(monkeypatch)
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 6, 5)
+    for name, (x, hx) in _unusual_calls(cell).items():
+        served.clear()
+        try:
+            want = ref(x, hx)
+        except Exception as e:  # noqa: BLE001  (whatever torch.nn raises, fastrnn must raise too)
+            with pytest.raises(type(e)):
+                twin(x, hx)
+        else:
+            got = twin(x, hx)
+            for g, w in zip(_states(got), _states(want)):
+                torch.testing.assert_close(g, w, **tol(w.dtype), msg=name)
+        assert served in ([False], []), (name, served)  # handed back (or not asked: hx not a pair)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_plain_cell_call_leaves_torch_function_to_torch(cell, monkeypatch):
+    served = _count_plain_cell_calls(monkeypatch)
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 6, 5)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    _Traced.seen = 0
+    got = twin(x.as_subclass(_Traced))
+    assert served == [False] and _Traced.seen > 0
+    torch.testing.assert_close(_states(got)[0].as_subclass(torch.Tensor), _states(ref(x))[0])
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Mode.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    served.clear()
+    with Mode():
+        got = twin(x)
+    assert served == [False] and Mode.calls > 0
+    torch.testing.assert_close(_states(got)[0], _states(ref(x))[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_plain_cell_call_reads_the_module_as_it_is_now(cell, monkeypatch):
+    """Weights replaced, parametrized or changed in dtype after construction: never a stale or wrong weight."""
+    served = _count_plain_cell_calls(monkeypatch)
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 6, 5)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        w = torch.randn_like(twin.weight_hh)
+        twin.weight_hh = torch.nn.Parameter(w.clone())
+        ref.weight_hh = torch.nn.Parameter(w.clone())
+    torch.testing.assert_close(_states(twin(x))[0], _states(ref(x))[0])
+    assert served == [True]
+    # a parametrization moves the weight out of _parameters: handed back, and its value is what runs
+    torch.nn.utils.parametrize.register_parametrization(twin, "weight_ih", _Doubled())
+    torch.nn.utils.parametrize.register_parametrization(ref, "weight_ih", _Doubled())
+    served.clear()
+    torch.testing.assert_close(_states(twin(x))[0], _states(ref(x))[0])
+    assert served == [False]
+    # the bias flag as the module says it: a bias=True module whose biases are not in _parameters (plain attributes
+    # here) is handed back, never served as bias-free
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 6, 5)
+    for name in ("bias_ih", "bias_hh"):
+        value = getattr(twin, name).detach().clone()
+        del twin._parameters[name]
+        setattr(twin, name, value)
+    served.clear()
+    torch.testing.assert_close(_states(twin(x))[0], _states(ref(x))[0])
+    assert served == [False]
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, w):
+        return 2 * w
