@@ -21,6 +21,7 @@
 #include <string>
 
 #include "cpu/panel_gemm.h"
+#include "cpu/recycled_outputs.h"
 #include "cpu/scratch.h"
 #include "fastrnn/autograd.h"
 #include "fastrnn/cuda_path.h"
@@ -252,6 +253,11 @@ PYBIND11_MODULE(_C, module) {
   module.def("scratch_bytes_kept", &fastrnn::cpu::scratch_bytes_kept,
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("scratch_limit_bytes", &fastrnn::cpu::scratch_limit_bytes);
+  // The blocks of freed outputs kept for the next ones (cpu/recycled_outputs.h).
+  module.def("empty_recycled_outputs", &fastrnn::cpu::empty_recycled_outputs,
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("recycled_output_bytes", &fastrnn::cpu::recycled_output_bytes,
+             pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("plain_cell", &fastrnn::plain_cell);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
   // included; callable without a GPU, for tests and for users asking what will run.

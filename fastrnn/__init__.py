@@ -79,24 +79,28 @@ def backend_info() -> dict:
 
 
 def empty_cache() -> int:
-    """Free the scratch memory fastrnn's CPU kernels keep between calls, every thread's; returns its bytes.
+    """Free the memory fastrnn's CPU kernels keep between calls; returns its bytes.
 
     Each thread that ran fastrnn keeps its largest internal buffers (input projections, gate gradients), each
     up to FASTRNN_SCRATCH_LIMIT_MB (default 256, read once; larger ones are freed when their call returns),
-    so that the next call does not pay for fresh pages. Like torch.cuda.empty_cache() for those buffers; a
-    buffer in use by a call running now is freed when that call returns. On CUDA fastrnn keeps nothing of
-    its own: its workspaces come from torch's caching allocator (torch.cuda.empty_cache()).
+    and the blocks of large outputs that were freed (weight gradients, workspaces: 128 KiB and up) are kept
+    for the next outputs, up to FASTRNN_SCRATCH_LIMIT_MB in all, so that the next call does not pay for fresh
+    pages. Like torch.cuda.empty_cache() for those; a buffer in use by a call running now is freed when that
+    call returns, and a live output is never touched. On CUDA fastrnn keeps nothing of its own: its
+    workspaces come from torch's caching allocator (torch.cuda.empty_cache()).
     """
     if functional.extension_error is not None:
         return 0
-    return _C.empty_scratch_cache()
+    return _C.empty_scratch_cache() + _C.empty_recycled_outputs()
 
 
 def scratch_memory() -> dict:
-    """The CPU kernels' kept scratch memory: kept_bytes (now, over all threads) and limit_bytes (per buffer)."""
+    """The CPU kernels' kept memory: kept_bytes (scratch buffers now, over all threads), limit_bytes (per
+    buffer, and for the recycled outputs in all) and recycled_output_bytes (freed outputs' blocks kept now)."""
     if functional.extension_error is not None:
-        return {"kept_bytes": 0, "limit_bytes": 0}
-    return {"kept_bytes": _C.scratch_bytes_kept(), "limit_bytes": _C.scratch_limit_bytes()}
+        return {"kept_bytes": 0, "limit_bytes": 0, "recycled_output_bytes": 0}
+    return {"kept_bytes": _C.scratch_bytes_kept(), "limit_bytes": _C.scratch_limit_bytes(),
+            "recycled_output_bytes": _C.recycled_output_bytes()}
 
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "backend_info", "empty_cache",

@@ -1,7 +1,9 @@
-"""The CPU kernels' kept scratch memory: fastrnn.empty_cache(), FASTRNN_SCRATCH_LIMIT_MB, threads.
+"""The CPU kernels' kept memory: fastrnn.empty_cache(), FASTRNN_SCRATCH_LIMIT_MB, threads, recycled outputs.
 
 Each thread keeps its largest internal buffer per slot (csrc/cpu/scratch.h) up to a limit per buffer;
-empty_cache() frees every thread's; a thread's go when it exits. Results never depend on any of it.
+empty_cache() frees every thread's; a thread's go when it exits. The blocks of large outputs that were freed
+are kept for the next outputs (csrc/cpu/recycled_outputs.h), up to the same limit in all; a live output's
+block is never handed out again. Results never depend on any of it.
 """
 
 from __future__ import annotations
@@ -41,17 +43,71 @@ def _same(a, b):
 
 def test_empty_cache_frees_what_is_kept_and_results_stay_the_same():
     fastrnn.empty_cache()
-    assert fastrnn.scratch_memory()["kept_bytes"] == 0
+    assert fastrnn.scratch_memory()["kept_bytes"] == fastrnn.scratch_memory()["recycled_output_bytes"] == 0
     first = _train_step()
     kept = fastrnn.scratch_memory()["kept_bytes"]
     # at least the forward's input projection and the backward's gate gradients, [T, B, 4H] float each
     assert kept >= 2 * 40 * 8 * 4 * 64 * 4, kept
-    assert fastrnn.empty_cache() == kept
-    assert fastrnn.scratch_memory()["kept_bytes"] == 0
+    # the workspaces ([T, B, 5H] float: 410 kB), freed by backward, kept for the next ones
+    recycled = fastrnn.scratch_memory()["recycled_output_bytes"]
+    assert recycled >= 2 * 40 * 8 * 5 * 64 * 4, recycled
+    assert fastrnn.empty_cache() == kept + recycled
+    assert fastrnn.scratch_memory()["kept_bytes"] == fastrnn.scratch_memory()["recycled_output_bytes"] == 0
     assert fastrnn.empty_cache() == 0
     assert _same(_train_step(), first)  # fresh buffers: the same numbers
     assert _same(_train_step(), first)  # reused buffers: the same numbers
     assert fastrnn.scratch_memory()["kept_bytes"] == kept
+    assert fastrnn.scratch_memory()["recycled_output_bytes"] == recycled  # reused, not grown
+
+
+def _gru_cell_step(H=256, copies=True):
+    """One training step of a GRUCell: its weight gradients ([3H, H] float, 786 kB at H = 256) are recycled
+    outputs, which autograd makes the parameters' .grad. Returns copies of them (the module and its gradients
+    then go, their blocks back to the pool), or with copies=False the .grad tensors themselves."""
+    torch.manual_seed(0)
+    m, x = fastrnn.GRUCell(H, H), torch.randn(1, H)
+    m(x).sum().backward()
+    return [p.grad.clone() if copies else p.grad for p in m.parameters()]
+
+
+def test_freed_outputs_serve_the_next_ones_and_live_ones_are_never_reused():
+    fastrnn.empty_cache()
+    first = _gru_cell_step()
+    recycled = fastrnn.scratch_memory()["recycled_output_bytes"]
+    assert recycled >= 2 * 3 * 256 * 256 * 4, recycled  # both weight gradients came back
+    assert _same(_gru_cell_step(), first)
+    assert fastrnn.scratch_memory()["recycled_output_bytes"] == recycled
+
+    # Outputs kept alive: every later output gets other memory, and the live ones keep their values.
+    torch.manual_seed(0)
+    layer, x = fastrnn.GRU(256, 256), torch.randn(30, 4, 256)
+    live = [torch.ops.fastrnn.gru_layer(x.unsqueeze(0).squeeze(0), layer.weight_ih_l0.detach().unsqueeze(0),
+                                        layer.bias_ih_l0.detach().unsqueeze(0), torch.zeros(1, 4, 256),
+                                        layer.weight_hh_l0.detach().unsqueeze(0), layer.bias_hh_l0.detach().unsqueeze(0),
+                                        None, True) for _ in range(4)]
+    copies = [[t.clone() for t in outs] for outs in live]
+    pointers = [t.untyped_storage().data_ptr() for outs in live for t in outs if t.numel() > 0]
+    assert len(set(pointers)) == len(pointers)
+    for _ in range(3):
+        _gru_cell_step()
+        _train_step()
+    for outs, saved in zip(live, copies):
+        assert _same(outs, saved)
+
+
+def test_a_recycled_output_is_an_ordinary_tensor():
+    fastrnn.empty_cache()
+    _gru_cell_step()
+    grads = _gru_cell_step(copies=False)  # drawn from recycled blocks
+    grad = grads[0]
+    assert grad.untyped_storage().resizable()
+    expected = grad.clone()
+    grad.resize_(2 * grad.numel())  # a larger storage, through the same allocator
+    assert torch.equal(grad[:expected.numel()], expected.flatten())
+    fastrnn.empty_cache()  # frees kept blocks only: the live gradients stay
+    assert torch.equal(grads[1], _gru_cell_step()[1])
+    del grads, grad
+    assert fastrnn.scratch_memory()["recycled_output_bytes"] > 0
 
 
 def test_default_limit():
@@ -99,10 +155,9 @@ def test_empty_cache_frees_the_buffers_of_other_threads():
     worker.start()
     try:
         assert ran.wait(60)
-        kept = fastrnn.scratch_memory()["kept_bytes"]
-        assert kept > 0
-        assert fastrnn.empty_cache() == kept
-        assert fastrnn.scratch_memory()["kept_bytes"] == 0
+        memory = fastrnn.scratch_memory()
+        assert memory["kept_bytes"] > 0
+        assert fastrnn.empty_cache() == memory["kept_bytes"] + memory["recycled_output_bytes"]
     finally:
         release.set()
         worker.join()
@@ -141,6 +196,7 @@ kept_small = fastrnn.scratch_memory()["kept_bytes"]
 big = _train_step(T=400, B=16, H=128)         # buffers of 400 * 16 * 512 * 4 bytes = 13 MB: over a 1 MB limit
 print(json.dumps({"limit": fastrnn.scratch_memory()["limit_bytes"], "kept_small": kept_small,
                   "kept_after_big": fastrnn.scratch_memory()["kept_bytes"],
+                  "recycled": fastrnn.scratch_memory()["recycled_output_bytes"],
                   "sums": [float(t.double().sum()) for t in small + big]}))
 """
 
@@ -167,6 +223,10 @@ def test_limit_keeps_only_buffers_up_to_it_and_results_do_not_change():
     assert runs[None]["kept_after_big"] > 13_000_000  # kept under the default limit
     assert 0 < runs["1"]["kept_small"] == runs["1"]["kept_after_big"] <= 4 << 20  # the big ones went
     assert runs["0"]["kept_small"] == runs["0"]["kept_after_big"] == 0
+    # freed outputs' blocks: up to the limit in all (the big step's workspaces are 400 * 16 * 640 * 4 = 16 MB each)
+    assert 16 << 20 < runs[None]["recycled"] <= 256 << 20
+    assert runs["1"]["recycled"] <= 1 << 20  # the big step's blocks are over it
+    assert runs["0"]["recycled"] == 0
     assert runs[None]["sums"] == runs["1"]["sums"] == runs["0"]["sums"]
 
 

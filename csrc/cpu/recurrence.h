@@ -37,6 +37,7 @@
 #include "fastrnn/checks.h"
 #include "fastrnn/layer_io.h"
 #include "panel_gemm.h"
+#include "recycled_outputs.h"
 #include "scratch.h"
 #include "rows.h"
 
@@ -1035,7 +1036,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const c10::optional<at::Tensor> w_hr = w_hr_in ? c10::optional<at::Tensor>(w_hr_in->contiguous()) : c10::nullopt;
   const at::Tensor lengths_c = lengths ? lengths->contiguous() : at::Tensor();
 
-  LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save);
+  LayerOutputs out = new_layer_outputs(x, s, Cell::kHasCellState, Cell::kSaved, save, recycling_allocator());
   if (no_hidden_units(s)) {
     return out.tuple();
   }
@@ -1077,7 +1078,8 @@ layer_backward(const char* op, const at::Tensor& grad_y_in, const at::Tensor& gr
   const at::Tensor y = y_in.contiguous();
   const at::Tensor saved = saved_in.contiguous();
 
-  LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x);
+  LayerGrads g = new_layer_grads(x, s, b_ih_in.has_value(), b_hh_in.has_value(), Cell::kHasCellState, need_grad_x,
+                                 recycling_allocator());
   if (no_hidden_units(s)) {
     return zero_input_grads(g).tuple(x.options());
   }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -22,9 +23,13 @@ inline bool debug_poison() {
 }
 
 // Allocates an output; with FASTRNN_DEBUG=1 it is filled with NaN so that any element a
-// kernel fails to write shows up in the tests.
-inline at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
-  at::Tensor t = at::empty(sizes, like.options());
+// kernel fails to write shows up in the tests. allocator: where its memory comes from (the CPU ops
+// pass cpu/recycled_outputs.h's), or nullptr for torch's allocator of like's device.
+inline at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes, c10::Allocator* allocator = nullptr) {
+  at::Tensor t = allocator == nullptr
+                     ? at::empty(sizes, like.options())
+                     : at::Tensor(at::detail::empty_generic(sizes, allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                           like.scalar_type(), c10::nullopt));
   if (debug_poison()) {
     t.fill_(std::numeric_limits<double>::quiet_NaN());
   }
@@ -60,10 +65,10 @@ struct LayerOutputs {
 };
 
 inline LayerOutputs new_layer_outputs(const at::Tensor& x, const LayerSizes& s, bool has_cell_state,
-                                      int64_t saved_per_unit, bool save) {
-  return {new_output(x, {s.T, s.B, s.D * s.P}), new_output(x, {s.D, s.B, s.P}),
-          has_cell_state ? new_output(x, {s.D, s.B, s.H}) : at::Tensor(),
-          save ? new_output(x, {s.D, s.T, s.B, saved_per_unit * s.H}) : new_output(x, {0})};
+                                      int64_t saved_per_unit, bool save, c10::Allocator* allocator = nullptr) {
+  return {new_output(x, {s.T, s.B, s.D * s.P}, allocator), new_output(x, {s.D, s.B, s.P}, allocator),
+          has_cell_state ? new_output(x, {s.D, s.B, s.H}, allocator) : at::Tensor(),
+          save ? new_output(x, {s.D, s.T, s.B, saved_per_unit * s.H}, allocator) : new_output(x, {0})};
 }
 
 // A layer backward op's results; undefined where there is nothing to compute (grad_x unless
@@ -80,16 +85,16 @@ struct LayerGrads {
 };
 
 inline LayerGrads new_layer_grads(const at::Tensor& x, const LayerSizes& s, bool has_b_ih, bool has_b_hh,
-                                  bool has_cell_state, bool need_grad_x) {
+                                  bool has_cell_state, bool need_grad_x, c10::Allocator* allocator = nullptr) {
   const int64_t GH = s.G * s.H, I = x.size(2);
-  return {need_grad_x ? new_output(x, {s.T, s.B, I}) : at::Tensor(),
-          new_output(x, {s.D, GH, I}),
-          has_b_ih ? new_output(x, {s.D, GH}) : at::Tensor(),
-          new_output(x, {s.D, s.B, s.P}),
-          has_cell_state ? new_output(x, {s.D, s.B, s.H}) : at::Tensor(),
-          new_output(x, {s.D, GH, s.P}),
-          has_b_hh ? new_output(x, {s.D, GH}) : at::Tensor(),
-          s.proj ? new_output(x, {s.D, s.P, s.H}) : at::Tensor()};
+  return {need_grad_x ? new_output(x, {s.T, s.B, I}, allocator) : at::Tensor(),
+          new_output(x, {s.D, GH, I}, allocator),
+          has_b_ih ? new_output(x, {s.D, GH}, allocator) : at::Tensor(),
+          new_output(x, {s.D, s.B, s.P}, allocator),
+          has_cell_state ? new_output(x, {s.D, s.B, s.H}, allocator) : at::Tensor(),
+          new_output(x, {s.D, GH, s.P}, allocator),
+          has_b_hh ? new_output(x, {s.D, GH}, allocator) : at::Tensor(),
+          s.proj ? new_output(x, {s.D, s.P, s.H}, allocator) : at::Tensor()};
 }
 
 // A layer without hidden units (H = 0: torch.nn's cells accept hidden_size=0 and return [B, 0]) has
