@@ -190,7 +190,19 @@ pybind11::object plain_cell(int64_t kind, pybind11::handle input, pybind11::hand
   {
     pybind11::gil_scoped_release no_gil;
     const auto zeros_or = [&](const at::Tensor* t) { return t ? *t : at::zeros({B, H}, x->options()); };
-    if (kind == kLstmCell) {
+    if (any_requires_grad({x, h0 ? h0 : x, c0 ? c0 : x, wi, wh}, bi, bh)) {
+      // A training step: one autograd node (autograd.h CellStepFunction) instead of the cell op's composite.
+      const Optional c = kind == kLstmCell ? Optional(zeros_or(c0)) : c10::nullopt;
+      torch::autograd::variable_list out;
+      switch (kind) {
+        case kLstmCell: out = CellStepFunction<kLstm>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
+        case kGruCell: out = CellStepFunction<kGru>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
+        case kTanhCell: out = CellStepFunction<kRnnTanh>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
+        default: out = CellStepFunction<kRnnRelu>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
+      }
+      h_out = out[0];
+      if (kind == kLstmCell) c_out = out[1];
+    } else if (kind == kLstmCell) {
       static const auto op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("fastrnn::lstm_cell", "")
                                  .typed<decltype(lstm_cell)>();

@@ -220,6 +220,45 @@ def test_modules_call_the_op_gradients_need(cell):
         assert ({name, f"{name}_no_grad"} - {expected}).isdisjoint(called), called
 
 
+
+def _leaves(fn):
+    """The tensors whose gradients autograd accumulates behind grad_fn, one level down."""
+    return {id(f.variable) for f, _ in fn.next_functions if f is not None and hasattr(f, "variable")}
+
+
+@pytest.mark.parametrize("needs", ["all", "weights only", "input only"])
+@pytest.mark.parametrize("hx", [False, True], ids=["no_hx", "hx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_cell_training_step_is_one_autograd_node(cell, bias, hx, needs):
+    """The plain call of a training step records one node (csrc/include/fastrnn/autograd.h CellStepFunction),
+    straight onto the leaves, not a view node per argument around the layer op; its gradients, first and second
+    order, are torch.nn's, for every subset of inputs that needs one."""
+    ref, twin = make_cell_pair(CELL_KINDS[cell], 3, 5, bias=bias)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    states = [torch.randn(2, 5, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)]
+    results = []
+    for model in (ref, twin):
+        model.requires_grad_(needs != "input only")
+        xs = x.clone().requires_grad_(needs != "weights only")
+        hs = [s.clone().requires_grad_(needs != "weights only") for s in states]
+        args = (xs, tuple(hs) if cell == "lstm" else hs[0]) if hx else (xs,)
+        out = _states(model(*args))
+        if model is twin:
+            assert len({o.grad_fn for o in out}) == 1 and type(out[0].grad_fn).__name__ == "CppFunction", out[0].grad_fn
+            leaves = [t for t in (xs, *(hs if hx else []), *model.parameters()) if t.requires_grad]
+            assert _leaves(out[0].grad_fn) == {id(t) for t in leaves}
+        inputs = [t for t in (xs, *(hs if hx else []), *model.parameters()) if t.requires_grad]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out)
+        grads = torch.autograd.grad(loss, inputs, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), inputs, allow_unused=True)
+        results.append([*out, *grads, *[g for g in second if g is not None]])
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
 # --------------------------------------------------------------------- packed batches: only their real rows
 
 def _packed_results(model, padded, lengths, enforce_sorted, train):
