@@ -67,6 +67,39 @@ inline at::Tensor optional_grad(const at::Tensor& g, const at::Tensor& arg, bool
 // The op's name in `ns`, e.g. "fastrnn::lstm_layer".
 inline std::string qualified(const char* ns, const char* op) { return std::string(ns) + "::" + op; }
 
+// The layer ops' C++ signatures (schemas.h), for typed_op.
+using Optional = c10::optional<at::Tensor>;
+using LstmLayerOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const Optional&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const Optional&, const Optional&, const Optional&, bool);
+using LstmLayerBackwardOp =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const Optional&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, const Optional&,
+        const Optional&, const at::Tensor&, const at::Tensor&, bool);
+using SingleStateLayerOp = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const Optional&, const at::Tensor&, const at::Tensor&, const Optional&,
+    const Optional&, bool);
+using SingleStateLayerBackwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, const at::Tensor&,
+    const at::Tensor&, const Optional&, const Optional&, const at::Tensor&, const at::Tensor&, bool);
+
+// The op `name` ("namespace::op"); each caller looks it up once (a static).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const std::string& name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), "").typed<Signature>();
+}
+
+// The biases are kept on ctx, not saved (see the opening comment: backward reads only their shapes).
+inline void keep_biases(AutogradContext* ctx, const Optional& b_ih, const Optional& b_hh) {
+  ctx->saved_data["b_ih"] = b_ih;
+  ctx->saved_data["b_hh"] = b_hh;
+}
+inline std::pair<at::Tensor, at::Tensor> kept_biases(AutogradContext* ctx) {
+  return {or_undefined(ctx->saved_data["b_ih"].toOptional<at::Tensor>()),
+          or_undefined(ctx->saved_data["b_hh"].toOptional<at::Tensor>())};
+}
+
 }  // namespace autograd_detail
 
 // LSTM: (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save) -> (y, hn, cn, workspace).
@@ -79,17 +112,13 @@ struct LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction<kN
                                                 const Tensor& w_ih, const Optional& b_ih, const Tensor& h0,
                                                 const Tensor& c0, const Tensor& w_hh, const Optional& b_hh,
                                                 const Optional& w_hr, const Optional& lengths, bool save) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow(autograd_detail::qualified(kNamespace, "lstm_layer").c_str(), "")
-                               .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                                   const Tensor&, const Tensor&, const Optional&, const Tensor&, const Tensor&,
-                                   const Tensor&, const Optional&, const Optional&, const Optional&, bool)>();
+    static const auto op =
+        autograd_detail::typed_op<autograd_detail::LstmLayerOp>(autograd_detail::qualified(kNamespace, "lstm_layer"));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [y, hn, cn, workspace] = op.call(x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths, save);
     ctx->save_for_backward({x, w_ih, h0, c0, w_hh, autograd_detail::or_undefined(w_hr),
                             autograd_detail::or_undefined(lengths), y, workspace});
-    ctx->saved_data["b_ih"] = b_ih;  // (not saved: see the opening comment)
-    ctx->saved_data["b_hh"] = b_hh;
+    autograd_detail::keep_biases(ctx, b_ih, b_hh);
     ctx->saved_data["save"] = save;
     ctx->mark_non_differentiable({workspace});
     ctx->set_materialize_grads(false);
@@ -102,8 +131,7 @@ struct LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction<kN
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w_ih = saved[1], &h0 = saved[2], &c0 = saved[3], &w_hh = saved[4],
                  &w_hr = saved[5], &lengths = saved[6], &y = saved[7], &workspace = saved[8];
-    const Tensor b_ih = or_undefined(ctx->saved_data["b_ih"].toOptional<Tensor>());
-    const Tensor b_hh = or_undefined(ctx->saved_data["b_hh"].toOptional<Tensor>());
+    const auto [b_ih, b_hh] = kept_biases(ctx);
     const std::vector<bool> needs = needs_grads(ctx, {x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, lengths});
     if (at::GradMode::is_enabled()) {  // create_graph=True: the gradient must be differentiable
       variable_list g = differentiable_backward_in_python("lstm", needs, {x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr,
@@ -113,12 +141,7 @@ struct LstmLayerFunction : public torch::autograd::Function<LstmLayerFunction<kN
     }
     check_saved(ctx, qualified(kNamespace, "lstm_layer"));
     static const auto backward_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow(qualified(kNamespace, "lstm_layer_backward").c_str(), "")
-            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Optional&,
-                const Tensor&, const Tensor&, const Tensor&, const Optional&, const Optional&, const Optional&,
-                const Tensor&, const Tensor&, bool)>();
+        autograd_detail::typed_op<autograd_detail::LstmLayerBackwardOp>(qualified(kNamespace, "lstm_layer_backward"));
     // Gradients of unused outputs are undefined (set_materialize_grads(false): autograd need not fill one as big
     // as the workspace); the op takes zeros.
     const Tensor grad_y = grads[0].defined() ? grads[0] : at::zeros_like(y);
@@ -147,16 +170,11 @@ struct SingleStateLayerFunction : public torch::autograd::Function<SingleStateLa
                                                 const Tensor& w_ih, const Optional& b_ih, const Tensor& h0,
                                                 const Tensor& w_hh, const Optional& b_hh, const Optional& lengths,
                                                 bool save) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow(op_name("_layer").c_str(), "")
-                               .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                                         const Optional&, const Tensor&, const Tensor&,
-                                                                         const Optional&, const Optional&, bool)>();
+    static const auto op = autograd_detail::typed_op<autograd_detail::SingleStateLayerOp>(op_name("_layer"));
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [y, hn, workspace] = op.call(x, w_ih, b_ih, h0, w_hh, b_hh, lengths, save);
     ctx->save_for_backward({x, w_ih, h0, w_hh, autograd_detail::or_undefined(lengths), y, workspace});
-    ctx->saved_data["b_ih"] = b_ih;  // (not saved: see the opening comment)
-    ctx->saved_data["b_hh"] = b_hh;
+    autograd_detail::keep_biases(ctx, b_ih, b_hh);
     ctx->saved_data["save"] = save;
     ctx->mark_non_differentiable({workspace});
     ctx->set_materialize_grads(false);
@@ -169,8 +187,7 @@ struct SingleStateLayerFunction : public torch::autograd::Function<SingleStateLa
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w_ih = saved[1], &h0 = saved[2], &w_hh = saved[3], &lengths = saved[4],
                  &y = saved[5], &workspace = saved[6];
-    const Tensor b_ih = or_undefined(ctx->saved_data["b_ih"].toOptional<Tensor>());
-    const Tensor b_hh = or_undefined(ctx->saved_data["b_hh"].toOptional<Tensor>());
+    const auto [b_ih, b_hh] = kept_biases(ctx);
     const std::vector<bool> needs = needs_grads(ctx, {x, w_ih, b_ih, h0, w_hh, b_hh, lengths});
     if (at::GradMode::is_enabled()) {  // create_graph=True: the gradient must be differentiable
       // (the Python side takes LSTM's argument list: no c0, no w_hr)
@@ -183,11 +200,7 @@ struct SingleStateLayerFunction : public torch::autograd::Function<SingleStateLa
     }
     check_saved(ctx, op_name("_layer"));
     static const auto backward_op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow(op_name("_layer_backward").c_str(), "")
-            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Optional&, const Tensor&,
-                const Tensor&, const Optional&, const Optional&, const Tensor&, const Tensor&, bool)>();
+        autograd_detail::typed_op<autograd_detail::SingleStateLayerBackwardOp>(op_name("_layer_backward"));
     const Tensor grad_y = grads[0].defined() ? grads[0] : at::zeros_like(y);
     const Tensor grad_hn = grads[1].defined() ? grads[1] : at::zeros_like(h0);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -228,21 +241,12 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor y, hn, cn, workspace;
     if constexpr (kLstmCell) {
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("fastrnn::lstm_layer", "")
-                                 .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
-                                     const Tensor&, const Tensor&, const Optional&, const Tensor&, const Tensor&,
-                                     const Tensor&, const Optional&, const Optional&, const Optional&, bool)>();
+      static const auto op = autograd_detail::typed_op<autograd_detail::LstmLayerOp>("fastrnn::lstm_layer");
       std::tie(y, hn, cn, workspace) = op.call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
                                                c->unsqueeze(0), w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt,
                                                c10::nullopt, true);
     } else {
-      static const auto op = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow(op_name("_layer").c_str(), "")
-                                 .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                                           const Optional&, const Tensor&,
-                                                                           const Tensor&, const Optional&,
-                                                                           const Optional&, bool)>();
+      static const auto op = autograd_detail::typed_op<autograd_detail::SingleStateLayerOp>(op_name("_layer"));
       std::tie(y, hn, workspace) = op.call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
                                            w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt, true);
     }
@@ -250,8 +254,7 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
     // RNN: the output itself is saved (autograd's version check then covers the tensor the caller holds);
     // LSTM and GRU: y, which nobody else sees.
     ctx->save_for_backward({x, h, c ? *c : Tensor(), w_ih, w_hh, kReturnsOutput ? h_next : y, workspace});
-    ctx->saved_data["b_ih"] = b_ih;  // (not saved: see the opening comment of this file)
-    ctx->saved_data["b_hh"] = b_hh;
+    autograd_detail::keep_biases(ctx, b_ih, b_hh);
     ctx->set_materialize_grads(false);
     if constexpr (kLstmCell) return {h_next, cn.select(0, 0)};
     return {h_next};
@@ -263,8 +266,7 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &h = saved[1], &c = saved[2], &w_ih = saved[3], &w_hh = saved[4],
                  &saved_y = saved[5], &workspace = saved[6];
-    const Tensor b_ih = or_undefined(ctx->saved_data["b_ih"].toOptional<Tensor>());
-    const Tensor b_hh = or_undefined(ctx->saved_data["b_hh"].toOptional<Tensor>());
+    const auto [b_ih, b_hh] = kept_biases(ctx);
     const std::vector<bool> needs = needs_grads(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh});
     // The layer op's gradients ([1, ...]) back in the cell's shapes.
     // (an absent bias's is empty [0]: none)
@@ -292,12 +294,7 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
     Tensor g_x, g_wih, g_bih, g_h, g_c, g_whh, g_bhh;
     if constexpr (kLstmCell) {
       static const auto backward_op =
-          c10::Dispatcher::singleton()
-              .findSchemaOrThrow("fastrnn::lstm_layer_backward", "")
-              .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                  const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Optional&,
-                  const Tensor&, const Tensor&, const Tensor&, const Optional&, const Optional&, const Optional&,
-                  const Tensor&, const Tensor&, bool)>();
+          autograd_detail::typed_op<autograd_detail::LstmLayerBackwardOp>("fastrnn::lstm_layer_backward");
       const Tensor grad_c = grad_c_next.defined() ? grad_c_next.unsqueeze(0) : zeros;
       Tensor g_whr;
       std::tie(g_x, g_wih, g_bih, g_h, g_c, g_whh, g_bhh, g_whr) =
@@ -305,11 +302,7 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
                            c10::nullopt, c10::nullopt, saved_y, workspace, needs[0]);
     } else {
       static const auto backward_op =
-          c10::Dispatcher::singleton()
-              .findSchemaOrThrow(op_name("_layer_backward").c_str(), "")
-              .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                  const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Optional&, const Tensor&,
-                  const Tensor&, const Optional&, const Optional&, const Tensor&, const Tensor&, bool)>();
+          autograd_detail::typed_op<autograd_detail::SingleStateLayerBackwardOp>(op_name("_layer_backward"));
       const Tensor y3 = kReturnsOutput ? saved_y.unsqueeze(0) : saved_y;
       std::tie(g_x, g_wih, g_bih, g_h, g_whh, g_bhh) =
           backward_op.call(kReturnsOutput ? grad_state : zeros, kReturnsOutput ? zeros : grad_state, x3, w_ih3, b_ih3,
