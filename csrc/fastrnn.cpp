@@ -140,6 +140,47 @@ constexpr char kReluLayer[] = "fastrnn::rnn_relu_layer", kReluNoGrad[] = "fastrn
 // hidden_size the module's.
 enum CellKind : int64_t { kLstmCell = 0, kGruCell = 1, kTanhCell = 2, kReluCell = 3 };
 
+// OneDirectionFunction (autograd.h) for a cell kind.
+template <bool kCellShaped>
+torch::autograd::variable_list one_direction(int64_t kind, const at::Tensor& x, const at::Tensor& h, const Optional& c,
+                                             const at::Tensor& w_ih, const at::Tensor& w_hh, const Optional& b_ih,
+                                             const Optional& b_hh, bool output_saved, bool biases_saved) {
+  switch (kind) {
+    case kLstmCell:
+      return OneDirectionFunction<kLstm, kCellShaped>::apply(x, h, c, w_ih, w_hh, b_ih, b_hh, output_saved,
+                                                             biases_saved);
+    case kGruCell:
+      return OneDirectionFunction<kGru, kCellShaped>::apply(x, h, c, w_ih, w_hh, b_ih, b_hh, output_saved,
+                                                            biases_saved);
+    case kTanhCell:
+      return OneDirectionFunction<kRnnTanh, kCellShaped>::apply(x, h, c, w_ih, w_hh, b_ih, b_hh, output_saved,
+                                                                biases_saved);
+    default:
+      TORCH_CHECK(kind == kReluCell, "fastrnn: unknown cell kind ", kind);
+      return OneDirectionFunction<kRnnRelu, kCellShaped>::apply(x, h, c, w_ih, w_hh, b_ih, b_hh, output_saved,
+                                                                biases_saved);
+  }
+}
+
+// A one-layer, one-direction layer's training call on padded input, its arguments checked by the module
+// (fastrnn.modules RNNBase.forward: the plain call, every tensor of the module's sizes, dtype and device, a
+// gradient needed): one autograd node (OneDirectionFunction) instead of the layer op's and a view node per weight
+// and a copy's for the output. x [T, B, I], h0 and c0 (LSTM; else None) [1, B, H], the weights as the module holds
+// them (biases None without bias); output_saved and biases_saved: whether torch.nn saves them (fastrnn.functional
+// torch_nn_saves_output_and_biases). Returns (y, hn) or (y, (hn, cn)).
+pybind11::object one_direction_layer(int64_t kind, const at::Tensor& x, const at::Tensor& h0,
+                                     const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+                                     const c10::optional<at::Tensor>& b_hh, bool output_saved, bool biases_saved) {
+  torch::autograd::variable_list out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = one_direction<false>(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, output_saved, biases_saved);
+  }
+  if (kind == kLstmCell) return pybind11::make_tuple(out[0], pybind11::make_tuple(out[1], out[2]));
+  return pybind11::make_tuple(out[0], out[1]);
+}
+
 pybind11::object plain_cell(int64_t kind, pybind11::handle input, pybind11::handle hx, pybind11::handle cx,
                             pybind11::handle w_ih, pybind11::handle w_hh, pybind11::handle b_ih,
                             pybind11::handle b_hh, pybind11::handle bias_flag, int64_t input_size,
@@ -191,15 +232,10 @@ pybind11::object plain_cell(int64_t kind, pybind11::handle input, pybind11::hand
     pybind11::gil_scoped_release no_gil;
     const auto zeros_or = [&](const at::Tensor* t) { return t ? *t : at::zeros({B, H}, x->options()); };
     if (any_requires_grad({x, h0 ? h0 : x, c0 ? c0 : x, wi, wh}, bi, bh)) {
-      // A training step: one autograd node (autograd.h CellStepFunction) instead of the cell op's composite.
+      // A training step: one autograd node (autograd.h OneDirectionFunction) instead of the cell op's composite.
       const Optional c = kind == kLstmCell ? Optional(zeros_or(c0)) : c10::nullopt;
-      torch::autograd::variable_list out;
-      switch (kind) {
-        case kLstmCell: out = CellStepFunction<kLstm>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
-        case kGruCell: out = CellStepFunction<kGru>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
-        case kTanhCell: out = CellStepFunction<kRnnTanh>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
-        default: out = CellStepFunction<kRnnRelu>::apply(*x, zeros_or(h0), c, *wi, *wh, bi, bh); break;
-      }
+      const torch::autograd::variable_list out = one_direction<true>(kind, *x, zeros_or(h0), c, *wi, *wh, bi, bh,
+                                                                     false, false);
       h_out = out[0];
       if (kind == kLstmCell) c_out = out[1];
     } else if (kind == kLstmCell) {
@@ -271,6 +307,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("recycled_output_bytes", &fastrnn::cpu::recycled_output_bytes,
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("plain_cell", &fastrnn::plain_cell);
+  module.def("one_direction_layer", &fastrnn::one_direction_layer);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
   // included; callable without a GPU, for tests and for users asking what will run.
   module.def(

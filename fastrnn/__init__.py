@@ -40,6 +40,7 @@ try:
     from . import _C  # noqa: F401  (registers the ops and their CPU/CUDA kernels)
     from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
     functional.plain_cell = _C.plain_cell
+    functional.one_direction_layer = _C.one_direction_layer
 except (ImportError, OSError, RuntimeError) as _error:  # a missing or broken build
     functional.extension_error = _error
 

@@ -113,6 +113,9 @@ def _plainly_the_kernels(device: torch.device) -> bool:
 # A cell module's common call in C++ (csrc/fastrnn.cpp plain_cell): the result, or None when the call is not the
 # common one. Set when the extension loads.
 plain_cell = None
+# A one-layer, one-direction layer's plain training call as one autograd node (csrc/fastrnn.cpp
+# one_direction_layer). Set when the extension loads.
+one_direction_layer = None
 
 
 def implementation_for(device: torch.device, mode: str = "", is_cell: bool = False):

@@ -246,9 +246,25 @@ class _RNNBase(nn.RNNBase):
         weights = self._weights()
         states = self._plain_call(input, hx, weights)
         if states is not None:
+            if self.num_layers == 1 and not self.bidirectional and self.proj_size == 0 and not self.batch_first:
+                served = self._one_direction_call(input, states, weights)
+                if served is not None:
+                    return served
             return functional.rnn(self.mode, input, states, weights, self.bias, self.num_layers, self.dropout,
                                   self.training, self.bidirectional, self.batch_first, None, self.proj_size > 0)
         return self._checked_forward(input, hx, weights)
+
+    def _one_direction_call(self, input, states, weights):
+        """A plain call of one layer and one direction that needs a gradient, as one autograd node (csrc/fastrnn.cpp
+        one_direction_layer): the results, or None when no gradient is needed (the _no_grad op then serves it)."""
+        h0, c0 = states if self.mode == "LSTM" else (states, None)
+        if not torch.is_grad_enabled() or not (input.requires_grad or h0.requires_grad or any(
+                w.requires_grad for w in weights) or (c0 is not None and c0.requires_grad)):
+            return None
+        saved = functional.torch_nn_saves_output_and_biases(self.mode, input, False, False)
+        b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
+        return functional.one_direction_layer(_ONE_DIRECTION_KIND[self.mode], input, h0, c0, weights[0], weights[1],
+                                              b_ih, b_hh, saved, saved)
 
     def _checked_forward(self, input, hx, weights):
         # torch.nn's checks, in its order (nn.RNN/LSTM/GRU.forward, check_forward_args, then ATen's
@@ -458,6 +474,10 @@ def _cell_param_shapes(G: int, input_size: int, hidden_size: int) -> dict:
         shapes = _CELL_PARAM_SHAPES[key] = {"weight_ih": (GH, input_size), "weight_hh": (GH, hidden_size),
                                             "bias_ih": (GH,), "bias_hh": (GH,)}
     return shapes
+
+
+# functional.one_direction_layer's kind of each mode (csrc/fastrnn.cpp CellKind).
+_ONE_DIRECTION_KIND = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 
 
 # functional.plain_cell's kind of each cell (csrc/fastrnn.cpp CellKind); an RNNCell's by its nonlinearity (another

@@ -229,22 +229,26 @@ def _leaves(fn):
 @pytest.mark.parametrize("needs", ["all", "weights only", "input only"])
 @pytest.mark.parametrize("hx", [False, True], ids=["no_hx", "hx"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("kind,T", [("cell", 1), ("layer", 1), ("layer", 4)])
 @pytest.mark.parametrize("cell", CELLS)
-def test_a_cell_training_step_is_one_autograd_node(cell, bias, hx, needs):
-    """The plain call of a training step records one node (csrc/include/fastrnn/autograd.h CellStepFunction),
-    straight onto the leaves, not a view node per argument around the layer op; its gradients, first and second
-    order, are torch.nn's, for every subset of inputs that needs one."""
-    ref, twin = make_cell_pair(CELL_KINDS[cell], 3, 5, bias=bias)
+def test_a_one_direction_training_call_is_one_autograd_node(cell, kind, T, bias, hx, needs):
+    """The plain training call of a cell, or of a one-layer, one-direction layer, records one node
+    (csrc/include/fastrnn/autograd.h OneDirectionFunction) straight onto the leaves, not a view node per argument
+    and output around the layer op; its outputs and gradients, first and second order, are torch.nn's, for every
+    subset of inputs that needs one."""
+    ref, twin = (make_cell_pair if kind == "cell" else make_pair)(CELL_KINDS[cell], 3, 5, bias=bias)
     torch.manual_seed(1)
-    x = torch.randn(2, 3, dtype=torch.float64)
-    states = [torch.randn(2, 5, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)]
+    lead = () if kind == "cell" else (1,)
+    x = torch.randn(*(() if kind == "cell" else (T,)), 2, 3, dtype=torch.float64)
+    states = [torch.randn(*lead, 2, 5, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)]
     results = []
     for model in (ref, twin):
         model.requires_grad_(needs != "input only")
         xs = x.clone().requires_grad_(needs != "weights only")
         hs = [s.clone().requires_grad_(needs != "weights only") for s in states]
         args = (xs, tuple(hs) if cell == "lstm" else hs[0]) if hx else (xs,)
-        out = _states(model(*args))
+        out = model(*args)
+        out = list(_states(out)) if kind == "cell" else [out[0], *_states(out[1])]
         if model is twin:
             assert len({o.grad_fn for o in out}) == 1 and type(out[0].grad_fn).__name__ == "CppFunction", out[0].grad_fn
             leaves = [t for t in (xs, *(hs if hx else []), *model.parameters()) if t.requires_grad]
@@ -257,7 +261,6 @@ def test_a_cell_training_step_is_one_autograd_node(cell, bias, hx, needs):
     assert len(results[0]) == len(results[1])
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
-
 
 # --------------------------------------------------------------------- packed batches: only their real rows
 

@@ -215,49 +215,67 @@ struct SingleStateLayerFunction : public torch::autograd::Function<SingleStateLa
 inline constexpr char kGru[] = "gru", kRnnTanh[] = "rnn_tanh", kRnnRelu[] = "rnn_relu";
 inline constexpr char kLstm[] = "lstm";
 
-// One step of a cell as one autograd node: what a cell module's plain call (fastrnn.cpp plain_cell) runs when a
-// gradient is needed. The cell ops (fastrnn.cpp lstm_cell, single_state_cell) compose the same step from views
-// and the layer op, which autograd records as the layer op's node plus a view node per argument and output (8
-// for an LSTMCell): measured at H = 64, B = 1, 1 thread, an RNNCell training step cost ~27 us more in forward
-// and ~35 us more in backward than the layer op called on 3-D leaves, a third of the step. Here the views are
-// taken below autograd and the node takes and returns the cell's own shapes. The same kernels and the same
-// saved tensors (autograd's version check covers what torch.nn's cells save: x, the states, the weights and
-// RNNCell's output; no bias), so the same numbers; with create_graph the gradient is differentiable_backward's.
-// Args: x [B, I], h [B, H], c [B, H] (LSTM; nullopt otherwise), w_ih [G*H, I], w_hh [G*H, H], b_ih, b_hh [G*H]
-// (optional). Returns h_next (and c_next for LSTM), [B, H].
-template <const char* kCell>
-struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCell>> {
+// One layer, one direction, as one autograd node on the module's own tensors: what a cell module's plain call
+// (fastrnn.cpp plain_cell) and a one-layer, one-direction layer's plain call (fastrnn.cpp one_direction_layer) run
+// when a gradient is needed. Called through the layer op's own autograd instead, the weights must first be made
+// [1, ...] views, and autograd records a view node per argument and output besides the op's (8 for an LSTMCell):
+// measured at H = 64, B = 1, 1 thread, an RNNCell training step cost ~27 us more in forward and ~35 us more in
+// backward than the layer op called on 3-D leaves, a third of the step. Here the views are taken below autograd.
+// The same kernels and the same saved tensors (autograd's version check covers what torch.nn saves: the input, the
+// states, the weights; the output where torch.nn saves it; the biases only where it saves them), so the same
+// numbers; with create_graph the gradient is differentiable_backward's, as for the layer ops.
+// kCellShaped: x [B, I], h and c [B, H] (c: LSTM only, else nullopt); returns h_next (and c_next), [B, H]; RNN's
+// h_next is its output, which torch.nn's RNNCell saves. Otherwise x [T, B, I], h and c [1, B, H]; returns y
+// [T, B, H] (a copy of the op's y unless output_saved) and hn (and cn), [1, B, H]. w_ih [G*H, I], w_hh [G*H, H],
+// b_ih, b_hh [G*H] (optional).
+template <const char* kCell, bool kCellShaped>
+struct OneDirectionFunction : public torch::autograd::Function<OneDirectionFunction<kCell, kCellShaped>> {
   using Tensor = at::Tensor;
   using Optional = c10::optional<at::Tensor>;
   static constexpr bool kLstmCell = kCell == kLstm;
-  static constexpr bool kReturnsOutput = kCell == kRnnTanh || kCell == kRnnRelu;  // RNN: y (torch.nn saves it)
+  static constexpr bool kRnn = kCell == kRnnTanh || kCell == kRnnRelu;
 
   static std::string op_name(const char* suffix) { return std::string("fastrnn::") + kCell + suffix; }
   static Optional unsqueezed(const Optional& t) { return t ? Optional(t->unsqueeze(0)) : c10::nullopt; }
+  // x, h, c as the layer op takes them.
+  static Tensor layer_shaped(const Tensor& t) { return kCellShaped && t.defined() ? t.unsqueeze(0) : t; }
 
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
                                                 const Tensor& h, const Optional& c, const Tensor& w_ih,
-                                                const Tensor& w_hh, const Optional& b_ih, const Optional& b_hh) {
+                                                const Tensor& w_hh, const Optional& b_ih, const Optional& b_hh,
+                                                bool output_saved, bool biases_saved) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Tensor y, hn, cn, workspace;
     if constexpr (kLstmCell) {
       static const auto op = autograd_detail::typed_op<autograd_detail::LstmLayerOp>("fastrnn::lstm_layer");
-      std::tie(y, hn, cn, workspace) = op.call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
-                                               c->unsqueeze(0), w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt,
-                                               c10::nullopt, true);
+      std::tie(y, hn, cn, workspace) =
+          op.call(layer_shaped(x), w_ih.unsqueeze(0), unsqueezed(b_ih), layer_shaped(h), layer_shaped(*c),
+                  w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt, c10::nullopt, true);
     } else {
       static const auto op = autograd_detail::typed_op<autograd_detail::SingleStateLayerOp>(op_name("_layer"));
-      std::tie(y, hn, workspace) = op.call(x.unsqueeze(0), w_ih.unsqueeze(0), unsqueezed(b_ih), h.unsqueeze(0),
+      std::tie(y, hn, workspace) = op.call(layer_shaped(x), w_ih.unsqueeze(0), unsqueezed(b_ih), layer_shaped(h),
                                            w_hh.unsqueeze(0), unsqueezed(b_hh), c10::nullopt, true);
     }
-    const Tensor h_next = (kReturnsOutput ? y : hn).select(0, 0);
-    // RNN: the output itself is saved (autograd's version check then covers the tensor the caller holds);
-    // LSTM and GRU: y, which nobody else sees.
-    ctx->save_for_backward({x, h, c ? *c : Tensor(), w_ih, w_hh, kReturnsOutput ? h_next : y, workspace});
+    torch::autograd::variable_list outputs;
+    Tensor saved_y = y;  // what backward reads as y: the op's, or the output handed out when that is saved
+    if constexpr (kCellShaped) {
+      outputs = {(kRnn ? y : hn).select(0, 0)};
+      if (kRnn) saved_y = outputs[0];
+      if (kLstmCell) outputs.push_back(cn.select(0, 0));
+    } else {
+      outputs = {output_saved ? y : y.clone(), hn};
+      if (output_saved) saved_y = outputs[0];
+      if (kLstmCell) outputs.push_back(cn);
+    }
+    std::vector<Tensor> to_save = {x, h, c ? *c : Tensor(), w_ih, w_hh, saved_y, workspace};
+    if (biases_saved) {  // (only for autograd's version check: backward reads their shapes from ctx)
+      to_save.push_back(b_ih ? *b_ih : Tensor());
+      to_save.push_back(b_hh ? *b_hh : Tensor());
+    }
+    ctx->save_for_backward(to_save);
     autograd_detail::keep_biases(ctx, b_ih, b_hh);
     ctx->set_materialize_grads(false);
-    if constexpr (kLstmCell) return {h_next, cn.select(0, 0)};
-    return {h_next};
+    return outputs;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -268,49 +286,56 @@ struct CellStepFunction : public torch::autograd::Function<CellStepFunction<kCel
                  &saved_y = saved[5], &workspace = saved[6];
     const auto [b_ih, b_hh] = kept_biases(ctx);
     const std::vector<bool> needs = needs_grads(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh});
-    // The layer op's gradients ([1, ...]) back in the cell's shapes.
-    // (an absent bias's is empty [0]: none)
-    const auto cell_shaped = [](const Tensor& g) { return g.defined() && g.dim() >= 2 ? g.squeeze(0) : Tensor(); };
-    const auto layer_shaped = [](const Tensor& t) { return t.defined() ? t.unsqueeze(0) : Tensor(); };
-    const Tensor grad_h_next = grads[0], grad_c_next = kLstmCell ? grads[1] : Tensor();
+    // The gradients of the op's outputs (y, hn, cn), as the module's outputs carry them.
+    Tensor grad_y, grad_hn, grad_cn;
+    if constexpr (kCellShaped) {
+      (kRnn ? grad_y : grad_hn) = layer_shaped(grads[0]);
+      if (kLstmCell) grad_cn = layer_shaped(grads[1]);
+    } else {
+      grad_y = grads[0];
+      grad_hn = grads[1];
+      if (kLstmCell) grad_cn = grads[2];
+    }
+    // The layer op's gradients back in the module's shapes: the weights' are [1, ...]; an absent bias's is empty
+    // [0] (none); x's, h's and c's are the module's, but a cell's.
+    const auto weight_shaped = [](const Tensor& g) { return g.defined() && g.dim() >= 2 ? g.squeeze(0) : Tensor(); };
+    const auto state_shaped = [](const Tensor& g) { return kCellShaped && g.defined() ? g.squeeze(0) : g; };
     if (at::GradMode::is_enabled()) {  // create_graph=True: the gradient must be differentiable
       const std::vector<bool> lstm_needs = {needs[0], needs[3], needs[5], needs[1], needs[2],
                                             needs[4], needs[6], false,    false};
+      const auto unsqueezed_or_none = [](const Tensor& t) { return t.defined() ? t.unsqueeze(0) : Tensor(); };
       const variable_list g = differentiable_backward_in_python(
           kCell, lstm_needs,
-          {layer_shaped(x), layer_shaped(w_ih), layer_shaped(b_ih), layer_shaped(h), layer_shaped(c),
-           layer_shaped(w_hh), layer_shaped(b_hh), Tensor(), Tensor()},
-          {kReturnsOutput ? layer_shaped(grad_h_next) : Tensor(), kReturnsOutput ? Tensor() : layer_shaped(grad_h_next),
-           layer_shaped(grad_c_next)});
-      return {cell_shaped(g[0]), cell_shaped(g[3]), cell_shaped(g[4]), cell_shaped(g[1]),
-              cell_shaped(g[5]), cell_shaped(g[2]), cell_shaped(g[6])};
+          {layer_shaped(x), w_ih.unsqueeze(0), unsqueezed_or_none(b_ih), layer_shaped(h), layer_shaped(c),
+           w_hh.unsqueeze(0), unsqueezed_or_none(b_hh), Tensor(), Tensor()},
+          {grad_y, grad_hn, grad_cn});
+      return {state_shaped(g[0]), state_shaped(g[3]), state_shaped(g[4]), weight_shaped(g[1]),
+              weight_shaped(g[5]), weight_shaped(g[2]), weight_shaped(g[6]), Tensor(), Tensor()};
     }
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const Tensor x3 = x.unsqueeze(0), h3 = h.unsqueeze(0), w_ih3 = w_ih.unsqueeze(0), w_hh3 = w_hh.unsqueeze(0);
-    const Tensor zeros = at::zeros_like(h3);
-    const Tensor grad_state = grad_h_next.defined() ? grad_h_next.unsqueeze(0) : zeros;
+    const Tensor x3 = layer_shaped(x), h3 = layer_shaped(h), w_ih3 = w_ih.unsqueeze(0), w_hh3 = w_hh.unsqueeze(0);
+    const Tensor y3 = kCellShaped && kRnn ? saved_y.unsqueeze(0) : saved_y;
+    const auto or_zeros = [](const Tensor& g, const Tensor& like) { return g.defined() ? g : at::zeros_like(like); };
     const Optional b_ih3 = b_ih.defined() ? Optional(b_ih.unsqueeze(0)) : c10::nullopt;
     const Optional b_hh3 = b_hh.defined() ? Optional(b_hh.unsqueeze(0)) : c10::nullopt;
     Tensor g_x, g_wih, g_bih, g_h, g_c, g_whh, g_bhh;
     if constexpr (kLstmCell) {
-      static const auto backward_op =
-          autograd_detail::typed_op<autograd_detail::LstmLayerBackwardOp>("fastrnn::lstm_layer_backward");
-      const Tensor grad_c = grad_c_next.defined() ? grad_c_next.unsqueeze(0) : zeros;
+      static const auto backward_op = typed_op<LstmLayerBackwardOp>("fastrnn::lstm_layer_backward");
       Tensor g_whr;
+      const Tensor c3 = layer_shaped(c);
       std::tie(g_x, g_wih, g_bih, g_h, g_c, g_whh, g_bhh, g_whr) =
-          backward_op.call(zeros, grad_state, grad_c, x3, w_ih3, b_ih3, h3, c.unsqueeze(0), w_hh3, b_hh3,
-                           c10::nullopt, c10::nullopt, saved_y, workspace, needs[0]);
+          backward_op.call(or_zeros(grad_y, y3), or_zeros(grad_hn, h3), or_zeros(grad_cn, c3), x3, w_ih3, b_ih3, h3,
+                           c3, w_hh3, b_hh3, c10::nullopt, c10::nullopt, y3, workspace, needs[0]);
     } else {
-      static const auto backward_op =
-          autograd_detail::typed_op<autograd_detail::SingleStateLayerBackwardOp>(op_name("_layer_backward"));
-      const Tensor y3 = kReturnsOutput ? saved_y.unsqueeze(0) : saved_y;
+      static const auto backward_op = typed_op<SingleStateLayerBackwardOp>(op_name("_layer_backward"));
       std::tie(g_x, g_wih, g_bih, g_h, g_whh, g_bhh) =
-          backward_op.call(kReturnsOutput ? grad_state : zeros, kReturnsOutput ? zeros : grad_state, x3, w_ih3, b_ih3,
-                           h3, w_hh3, b_hh3, c10::nullopt, y3, workspace, needs[0]);
+          backward_op.call(or_zeros(grad_y, y3), or_zeros(grad_hn, h3), x3, w_ih3, b_ih3, h3, w_hh3, b_hh3,
+                           c10::nullopt, y3, workspace, needs[0]);
     }
-    const auto needed = [&](const Tensor& g, size_t i) { return needs[i] ? cell_shaped(g) : Tensor(); };
-    return {needed(g_x, 0), needed(g_h, 1), needed(g_c, 2), needed(g_wih, 3),
-            needed(g_whh, 4), needed(g_bih, 5), needed(g_bhh, 6)};
+    const auto needed = [&](const Tensor& g, size_t i) { return needs[i] ? g : Tensor(); };
+    return {needed(state_shaped(g_x), 0), needed(state_shaped(g_h), 1),    needed(state_shaped(g_c), 2),
+            needed(weight_shaped(g_wih), 3), needed(weight_shaped(g_whh), 4), needed(weight_shaped(g_bih), 5),
+            needed(weight_shaped(g_bhh), 6), Tensor(), Tensor()};
   }
 };
 
