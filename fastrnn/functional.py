@@ -289,6 +289,14 @@ def torch_nn_saves_output_and_biases(mode: str, input: Tensor, proj: bool, packe
             and not packed and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def needs_gradient(input: Tensor, h0: Tensor, c0: Tensor | None, weights) -> bool:
+    """Whether a layer call records a gradient: grad mode on and any of its tensors requiring one."""
+    return torch.is_grad_enabled() and (
+        input.requires_grad or any(w.requires_grad for w in weights) or h0.requires_grad
+        or (c0 is not None and c0.requires_grad)
+    )
+
+
 def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, dropout: float, training: bool,
         bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None = None, proj: bool = False, *,
         biases_saved: bool | None = None, output_saved: bool | None = None):
@@ -312,10 +320,7 @@ def rnn(mode: str, input: Tensor, hx, weights, bias: bool, num_layers: int, drop
         # reach what backward reads, tests/test_inplace.py); else the input itself (contiguous or not: the op's).
         x = input.transpose(0, 1).contiguous() if batch_first else input
         lengths = None
-    need_grad = torch.is_grad_enabled() and (
-        input.requires_grad or any(w.requires_grad for w in weights) or h0_all.requires_grad
-        or (c0_all is not None and c0_all.requires_grad)
-    )
+    need_grad = needs_gradient(input, h0_all, c0_all, weights)
     op = layer_op(mode, need_grad)
     torch_nn_saves = need_grad and torch_nn_saves_output_and_biases(mode, input, proj, batch_sizes is not None)
     saves_biases = torch_nn_saves if biases_saved is None else biases_saved

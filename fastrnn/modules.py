@@ -258,12 +258,11 @@ class _RNNBase(nn.RNNBase):
         """A plain call of one layer and one direction that needs a gradient, as one autograd node (csrc/fastrnn.cpp
         one_direction_layer): the results, or None when no gradient is needed (the _no_grad op then serves it)."""
         h0, c0 = states if self.mode == "LSTM" else (states, None)
-        if not torch.is_grad_enabled() or not (input.requires_grad or h0.requires_grad or any(
-                w.requires_grad for w in weights) or (c0 is not None and c0.requires_grad)):
+        if not functional.needs_gradient(input, h0, c0, weights):
             return None
         saved = functional.torch_nn_saves_output_and_biases(self.mode, input, False, False)
         b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
-        return functional.one_direction_layer(_ONE_DIRECTION_KIND[self.mode], input, h0, c0, weights[0], weights[1],
+        return functional.one_direction_layer(_CELL_KIND[self.mode], input, h0, c0, weights[0], weights[1],
                                               b_ih, b_hh, saved, saved)
 
     def _checked_forward(self, input, hx, weights):
@@ -476,14 +475,11 @@ def _cell_param_shapes(G: int, input_size: int, hidden_size: int) -> dict:
     return shapes
 
 
-# functional.one_direction_layer's kind of each mode (csrc/fastrnn.cpp CellKind).
-_ONE_DIRECTION_KIND = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
-
-
-# functional.plain_cell's kind of each cell (csrc/fastrnn.cpp CellKind); an RNNCell's by its nonlinearity (another
-# nonlinearity: -1, not a plain call).
-_PLAIN_LSTM_CELL, _PLAIN_GRU_CELL = 0, 1
-_PLAIN_RNN_CELL = {"tanh": 2, "relu": 3}
+# The kind of each mode as csrc/fastrnn.cpp numbers it (CellKind), for functional.one_direction_layer and
+# functional.plain_cell; an RNNCell's by its nonlinearity (another nonlinearity: -1, not a plain call).
+_CELL_KIND = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+_PLAIN_LSTM_CELL, _PLAIN_GRU_CELL = _CELL_KIND["LSTM"], _CELL_KIND["GRU"]
+_PLAIN_RNN_CELL = {"tanh": _CELL_KIND["RNN_TANH"], "relu": _CELL_KIND["RNN_RELU"]}
 
 
 class _CellBase(nn.RNNCellBase):

@@ -4,9 +4,9 @@
 // and gives the pages back when the top of its heap holds more than twice that free, so an output of a few MB
 // that autograd frees right after use (a weight gradient, added into .grad) comes back as fresh pages on the
 // next call, and every page is faulted in and zeroed again. A GRUCell training step at H = 512, B = 1 has two
-// 3 MB weight gradients: the backward op alone took 2.7-4.7 ms with fresh pages against 1.1-1.4 ms with
-// pages kept (glibc's trimming turned off by MALLOC_TRIM_THRESHOLD_, same machine, same run), while its
-// arithmetic is a few microseconds. So the ops allocate such outputs through recycling_allocator(): when an
+// 3 MB weight gradients: the backward op alone took 2.7-4.7 ms with fresh pages, against 1.1 ms with glibc's
+// trimming turned off (MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_, same machine) and 1.3-1.8 ms in a loop that
+// kept earlier results alive (their pages not given back), while its arithmetic is a few microseconds. So the ops allocate such outputs through recycling_allocator(): when an
 // output's storage dies, its block is kept (up to FASTRNN_SCRATCH_LIMIT_MB in all, the limit the scratch
 // buffers have per buffer) and serves the next output of the same rounded size. An output's contents are
 // undefined either way (at::empty); nothing else changes for its user: the storage is an ordinary CPU storage,

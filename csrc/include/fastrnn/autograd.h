@@ -303,11 +303,10 @@ struct OneDirectionFunction : public torch::autograd::Function<OneDirectionFunct
     if (at::GradMode::is_enabled()) {  // create_graph=True: the gradient must be differentiable
       const std::vector<bool> lstm_needs = {needs[0], needs[3], needs[5], needs[1], needs[2],
                                             needs[4], needs[6], false,    false};
-      const auto unsqueezed_or_none = [](const Tensor& t) { return t.defined() ? t.unsqueeze(0) : Tensor(); };
       const variable_list g = differentiable_backward_in_python(
           kCell, lstm_needs,
-          {layer_shaped(x), w_ih.unsqueeze(0), unsqueezed_or_none(b_ih), layer_shaped(h), layer_shaped(c),
-           w_hh.unsqueeze(0), unsqueezed_or_none(b_hh), Tensor(), Tensor()},
+          {layer_shaped(x), w_ih.unsqueeze(0), or_undefined(unsqueezed(or_none(b_ih))), layer_shaped(h),
+           layer_shaped(c), w_hh.unsqueeze(0), or_undefined(unsqueezed(or_none(b_hh))), Tensor(), Tensor()},
           {grad_y, grad_hn, grad_cn});
       return {state_shaped(g[0]), state_shaped(g[3]), state_shaped(g[4]), weight_shaped(g[1]),
               weight_shaped(g[5]), weight_shaped(g[2]), weight_shaped(g[6]), Tensor(), Tensor()};
@@ -316,8 +315,7 @@ struct OneDirectionFunction : public torch::autograd::Function<OneDirectionFunct
     const Tensor x3 = layer_shaped(x), h3 = layer_shaped(h), w_ih3 = w_ih.unsqueeze(0), w_hh3 = w_hh.unsqueeze(0);
     const Tensor y3 = kCellShaped && kRnn ? saved_y.unsqueeze(0) : saved_y;
     const auto or_zeros = [](const Tensor& g, const Tensor& like) { return g.defined() ? g : at::zeros_like(like); };
-    const Optional b_ih3 = b_ih.defined() ? Optional(b_ih.unsqueeze(0)) : c10::nullopt;
-    const Optional b_hh3 = b_hh.defined() ? Optional(b_hh.unsqueeze(0)) : c10::nullopt;
+    const Optional b_ih3 = unsqueezed(or_none(b_ih)), b_hh3 = unsqueezed(or_none(b_hh));
     Tensor g_x, g_wih, g_bih, g_h, g_c, g_whh, g_bhh;
     if constexpr (kLstmCell) {
       static const auto backward_op = typed_op<LstmLayerBackwardOp>("fastrnn::lstm_layer_backward");
