@@ -25,6 +25,7 @@
 #include "cpu/scratch.h"
 #include "fastrnn/autograd.h"
 #include "fastrnn/cuda_path.h"
+#include "fastrnn/persistent_emulation.h"
 #include "fastrnn/device_checks.h"
 #include "fastrnn/schemas.h"
 
@@ -278,6 +279,17 @@ TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) {
   fastrnn::register_no_grad_autograd(m);
 }
 
+namespace {
+at::ScalarType scalar_type_named(const char* function, const std::string& dtype) {
+  const std::map<std::string, at::ScalarType> dtypes = {
+      {"float32", at::kFloat}, {"float64", at::kDouble}, {"float16", at::kHalf}, {"bfloat16", at::kBFloat16}};
+  const auto found = dtypes.find(dtype);
+  TORCH_CHECK(found != dtypes.end(), function, ": dtype must be float32, float64, float16 or bfloat16 but got '",
+              dtype, "'");
+  return found->second;
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, module) {
   module.doc() = "fastrnn compiled kernels; the ops live under torch.ops.fastrnn";
   module.def("build_info", [] {
@@ -306,22 +318,58 @@ PYBIND11_MODULE(_C, module) {
              pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("recycled_output_bytes", &fastrnn::cpu::recycled_output_bytes,
              pybind11::call_guard<pybind11::gil_scoped_release>());
+  // The device the persistent kernel's CPU emulation plans for (tests/test_persistent.py); returns the
+  // limits before, as (multiprocessors, shared_bytes_per_block, threads_per_block).
+  module.def(
+      "set_persistent_emulation",
+      [](int64_t multiprocessors, int64_t shared_bytes_per_block, int64_t threads_per_block) {
+        const auto before =
+            fastrnn::persistent::set_emulated_device({multiprocessors, shared_bytes_per_block, threads_per_block});
+        return std::make_tuple(before.multiprocessors, before.shared_bytes_per_block, before.threads_per_block);
+      },
+      pybind11::arg("multiprocessors"), pybind11::arg("shared_bytes_per_block"), pybind11::arg("threads_per_block"));
   module.def("plain_cell", &fastrnn::plain_cell);
   module.def("one_direction_layer", &fastrnn::one_direction_layer);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
-  // included; callable without a GPU, for tests and for users asking what will run.
+  // included, on a device with these limits (default: an H100/H200's 132 SMs and 227 KiB of shared
+  // memory per block); callable without a GPU, for tests and for users asking what will run.
   module.def(
       "choose_cuda_path",
-      [](int64_t D, int64_t T, int64_t B, int64_t H, int64_t P, const std::string& dtype, int sm) {
-        const fastrnn::LayerSizes s{D, T, B, 0, H, P, P != H};
-        const std::map<std::string, at::ScalarType> dtypes = {
-            {"float32", at::kFloat}, {"float64", at::kDouble}, {"float16", at::kHalf}, {"bfloat16", at::kBFloat16}};
-        const auto found = dtypes.find(dtype);
-        TORCH_CHECK(found != dtypes.end(), "choose_cuda_path: dtype must be float32, float64, float16 or bfloat16 but got '",
-                    dtype, "'");
-        const at::ScalarType st = found->second;
-        return std::string(fastrnn::cuda_path_name(fastrnn::choose_cuda_path("fastrnn", s, st, sm)));
+      [](int64_t D, int64_t T, int64_t B, int64_t H, int64_t P, const std::string& dtype, int sm, int64_t G,
+         int64_t multiprocessors, int64_t shared_bytes_per_block) {
+        const fastrnn::LayerSizes s{D, T, B, G, H, P, P != H};
+        const at::ScalarType st = scalar_type_named("choose_cuda_path", dtype);
+        const auto plan = fastrnn::persistent::make_plan(
+            s, G, c10::elementSize(st),
+            {multiprocessors, shared_bytes_per_block, fastrnn::persistent::kThreadsPerBlock});
+        return std::string(fastrnn::cuda_path_name(fastrnn::choose_cuda_path("fastrnn", s, st, sm, plan)));
       },
       pybind11::arg("D"), pybind11::arg("T"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("P"),
-      pybind11::arg("dtype"), pybind11::arg("sm"));
+      pybind11::arg("dtype"), pybind11::arg("sm"), pybind11::arg("G") = 4, pybind11::arg("multiprocessors") = 132,
+      pybind11::arg("shared_bytes_per_block") = 232448);
+  // The persistent kernel's plan for a call (fastrnn/persistent.h make_plan), as a dict: for the cost
+  // model (benchmarks/cost_model.py) and tests.
+  module.def(
+      "persistent_plan",
+      [](int64_t D, int64_t B, int64_t H, int64_t P, int64_t G, const std::string& dtype, int64_t multiprocessors,
+         int64_t shared_bytes_per_block) {
+        const at::ScalarType st = scalar_type_named("persistent_plan", dtype);
+        const auto p = fastrnn::persistent::make_plan(
+            {D, 0, B, G, H, P, P != H}, G, c10::elementSize(st),
+            {multiprocessors, shared_bytes_per_block, fastrnn::persistent::kThreadsPerBlock});
+        pybind11::dict d;
+        d["fits"] = p.fits;
+        d["why"] = p.why;
+        d["blocks"] = p.blocks();
+        d["blocks_per_direction"] = p.blocks_per_direction;
+        d["units_per_block"] = p.units_per_block;
+        d["threads_per_block"] = p.threads_per_block;
+        d["forward_row_chunk"] = p.forward_row_chunk;
+        d["backward_row_chunk"] = p.backward_row_chunk;
+        d["forward_shared_bytes"] = p.fits ? p.forward_shared_bytes() : 0;
+        d["backward_shared_bytes"] = p.fits ? p.backward_shared_bytes() : 0;
+        return d;
+      },
+      pybind11::arg("D"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("P"), pybind11::arg("G"),
+      pybind11::arg("dtype"), pybind11::arg("multiprocessors") = 132, pybind11::arg("shared_bytes_per_block") = 232448);
 }

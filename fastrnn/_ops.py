@@ -15,7 +15,8 @@ Each *_layer op has a twin, *_layer_no_grad: the same kernels and fake, and a C+
 gradients (csrc/include/fastrnn/schemas.h), for the calls that need none (fastrnn.functional chooses).
 
 The same is registered for the test-only ops of the device-generic engine (namespace fastrnn_engine_test,
-csrc/cpu/engine_cpu.cpp), so the engine's path is tested on the CPU too.
+csrc/cpu/engine_cpu.cpp) and for those of the persistent kernel's CPU emulation (fastrnn_persistent_test,
+csrc/cpu/persistent_emulation.cpp), so that both CUDA paths are tested on the CPU too.
 """
 
 from __future__ import annotations
@@ -134,3 +135,4 @@ def _register_single_state(namespace, cell):
 
 register("fastrnn")
 register("fastrnn_engine_test")
+register("fastrnn_persistent_test")

@@ -47,20 +47,3 @@ def test_no_simd_code_outside_capability_kernels():
     assert not offenders, f"AVX instructions outside the capability kernels: {sorted(offenders)[:10]}"
 
 
-# ----------------------------------------------------------------------------- the CUDA path choice
-
-def test_cuda_path_choice_and_override(monkeypatch):
-    """fastrnn/cuda_path.h, the one place a CUDA call's path is chosen (callable without a GPU): the
-    stepwise engine by default and when forced; any other FASTRNN_CUDA_PATH is a clear error."""
-    sizes = dict(D=2, T=100, B=8, H=512, P=512, dtype="bfloat16", sm=90)
-    monkeypatch.delenv("FASTRNN_CUDA_PATH", raising=False)
-    assert _C.choose_cuda_path(**sizes) == "stepwise"
-    for value in ("auto", "stepwise", ""):
-        monkeypatch.setenv("FASTRNN_CUDA_PATH", value)
-        assert _C.choose_cuda_path(**sizes) == "stepwise"
-    monkeypatch.setenv("FASTRNN_CUDA_PATH", "persistent")
-    with pytest.raises(RuntimeError, match="FASTRNN_CUDA_PATH must be one of auto, stepwise .*got 'persistent'"):
-        _C.choose_cuda_path(**sizes)
-    monkeypatch.delenv("FASTRNN_CUDA_PATH")
-    with pytest.raises(RuntimeError, match="dtype must be float32, float64, float16 or bfloat16 but got 'int8'"):
-        _C.choose_cuda_path(**{**sizes, "dtype": "int8"})

@@ -18,8 +18,8 @@ from conftest import tol
 from test_ops import LENGTHS, backward_call, backward_names, configs, make_args
 
 
-def _engine_op(cell, backward=False):
-    return getattr(torch.ops.fastrnn_engine_test, f"{cell}_layer" + ("_backward" if backward else ""))
+def _engine_op(cell, backward=False, namespace="fastrnn_engine_test"):
+    return getattr(getattr(torch.ops, namespace), f"{cell}_layer" + ("_backward" if backward else ""))
 
 
 def _kernel_op(cell, backward=False):
@@ -34,9 +34,16 @@ def _outputs_and_grads(op, backward_op, cell, args, grads):
     return list(results), list(grad_results)
 
 
-def _check_engine_against_kernels(cell, D, bias, proj, lengths, dtype, T, B, H):
+def _check_engine_against_kernels(cell, D, bias, proj, lengths, dtype, T, B, H, namespace="fastrnn_engine_test",
+                                  zero_state=False):
+    """The engine's ops (or the persistent kernel's emulation: namespace) against the CPU kernels: outputs and
+    every gradient. zero_state: h0 (and c0) zero, as a module called without hx passes them."""
     args = make_args(cell, D, bias=bias, proj=proj, lengths=lengths, dtype=dtype, requires_grad=False,
                      T=T, B=B, H=H)
+    if zero_state:
+        for name in ("h0", "c0"):
+            if name in args:
+                args[name] = torch.zeros_like(args[name])
     with torch.no_grad():
         y, hn, *_ = _kernel_op(cell)(*args.values(), False)
     gen = torch.Generator().manual_seed(1)
@@ -45,7 +52,8 @@ def _check_engine_against_kernels(cell, D, bias, proj, lengths, dtype, T, B, H):
     if cell == "lstm":
         grads.append(torch.randn(args["c0"].shape, generator=gen, dtype=torch.float64).to(dtype))
     want_fwd, want_bwd = _outputs_and_grads(_kernel_op(cell), _kernel_op(cell, True), cell, args, grads)
-    got_fwd, got_bwd = _outputs_and_grads(_engine_op(cell), _engine_op(cell, True), cell, args, grads)
+    got_fwd, got_bwd = _outputs_and_grads(_engine_op(cell, namespace=namespace),
+                                          _engine_op(cell, True, namespace=namespace), cell, args, grads)
     names = ["y", "hn"] + (["cn"] if cell == "lstm" else []) + backward_names(cell)
     for name, got, want in zip(names, got_fwd + got_bwd, want_fwd + want_bwd):
         assert not got.isnan().any(), f"{name}: unwritten (NaN) elements"

@@ -18,8 +18,13 @@ struct CpuLauncher {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
-  static void check_call(const char* op, const LayerSizes&, const at::Tensor& x) {
+  static persistent::Plan check_call(const char* op, const LayerSizes&, const at::Tensor& x) {
     TORCH_CHECK(x.device().is_cpu(), op, ": the CPU engine got x on ", x.device());
+    return {};  // the stepwise loop (the persistent one: csrc/cpu/persistent_emulation.cpp)
+  }
+  template <class Program>
+  static void run_grid(const Program&, const persistent::Plan&, int64_t) {
+    TORCH_INTERNAL_ASSERT(false, "the stepwise engine ran the persistent loop");
   }
   static at::Tensor host_to_device(const at::Tensor& host, const at::Tensor&) { return host; }
   template <typename F>

@@ -1,10 +1,11 @@
 // The CUDA ops: the device-generic engine (fastrnn/engine.h) with cuBLAS GEMMs through ATen and
 // each per-step pointwise pass one grid-stride kernel on the caller's current stream.
 //
-// This is the "stepwise" path (fastrnn/cuda_path.h chooses it per call): per step one GEMM and
-// one pointwise launch for both directions together (two more with a projection). Its logic is
-// tested on the CPU through the same engine (tests/test_engine.py); see README for what has run
-// on a GPU.
+// Two time loops (fastrnn/cuda_path.h chooses per call): "stepwise", per step one GEMM and one
+// pointwise launch for both directions together (two more with a projection), and "persistent", one
+// cooperative launch of the block programs of fastrnn/persistent.h (persistent_launch.cuh). Their
+// logic is tested on the CPU: the engine through tests/test_engine.py, the persistent programs through
+// their emulation (tests/test_persistent.py); see README for what has run on a GPU.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -19,6 +20,7 @@
 
 #include "fastrnn/cuda_path.h"
 #include "fastrnn/engine_ops.h"
+#include "persistent_launch.cuh"
 
 namespace fastrnn {
 namespace cuda {
@@ -110,13 +112,25 @@ struct CudaLauncher {
     c10::cuda::CUDAGuard device;
     RnnMatmulPrecision precision;
   };
-  static void check_call(const char* op, const LayerSizes& s, const at::Tensor& x) {
+  // The path (fastrnn/cuda_path.h): the persistent kernel's plan for this device when it runs the call,
+  // else a plan with fits == false (the stepwise loop).
+  static persistent::Plan check_call(const char* op, const LayerSizes& s, const at::Tensor& x) {
     TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
-    const CudaPath path = choose_cuda_path(op, s, x.scalar_type(), 10 * prop->major + prop->minor);
-    // The engine is the stepwise path, the only one so far; another path will run instead of it here.
-    TORCH_INTERNAL_ASSERT(path == CudaPath::kStepwise, op, ": no implementation for CUDA path ",
-                          cuda_path_name(path));
+    persistent::Plan plan = persistent::make_plan(
+        s, s.G, x.element_size(),
+        {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin), persistent::kThreadsPerBlock});
+    if (plan.fits && !prop->cooperativeLaunch) {
+      plan.fits = false;
+      plan.why = "this device cannot launch cooperative kernels";
+    }
+    const CudaPath path = choose_cuda_path(op, s, x.scalar_type(), 10 * prop->major + prop->minor, plan);
+    if (path == CudaPath::kStepwise) plan.fits = false;
+    return plan;
+  }
+  template <class Program>
+  static void run_grid(const Program& program, const persistent::Plan& plan, int64_t shared_bytes) {
+    launch_persistent("fastrnn", program, plan, shared_bytes);
   }
   // A host tensor that only variable lengths bring (the lengths, a PackedSequence's, always on the
   // CPU; the compact rows' index) copied to the device without making the host wait: from pinned

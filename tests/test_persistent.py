@@ -1,0 +1,198 @@
+"""The persistent CUDA kernel's block programs (csrc/include/fastrnn/persistent.h), run on the CPU.
+
+csrc/cpu/persistent_emulation.cpp runs the programs unchanged with one host thread per thread of every block of
+the grid, std::barrier for __syncthreads and for the grid barrier, on an emulated device whose limits the tests
+set (fastrnn._C.set_persistent_emulation): few multiprocessors split H over several blocks per direction with a
+smaller last block (the tile edge), little shared memory makes a block load the state in several row chunks, and
+several threads per block interleave. Registered as the test-only ops torch.ops.fastrnn_persistent_test.* (the
+schemas of torch.ops.fastrnn.*), compared with the CPU kernels in float64 and float32, with FASTRNN_DEBUG=1 so
+that outputs, buffers and the emulated shared memory start NaN: an element the kernel fails to write, or reads
+before a barrier made it ready, shows up.
+
+The plan (which calls fit on-chip, how they are split, why not) and the CUDA path choice are tested through
+fastrnn._C.persistent_plan and fastrnn._C.choose_cuda_path, without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastrnn  # noqa: F401  (registers the ops)
+from fastrnn import _C
+from fastrnn._ops import GATES
+from test_engine import ROW_LENGTHS, _check_engine_against_kernels
+from test_ops import make_args
+
+T, B, H = 7, 5, 5
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Sets the emulated device for the test and restores the one before."""
+    monkeypatch.setenv("FASTRNN_DEBUG", "1")
+    before = _C.set_persistent_emulation(4, 1 << 20, 2)
+
+    def set_device(multiprocessors, shared_bytes_per_block, threads_per_block):
+        _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block)
+
+    yield set_device
+    _C.set_persistent_emulation(*before)
+
+
+def _row_chunk_bytes(cell, D, multiprocessors, dtype):
+    """Shared memory for the weight slice plus one row of backward's gate gradients: backward then loads its
+    rows one at a time, forward G rows at a time (two chunks for B = 5 rows with LSTM and GRU)."""
+    G = GATES[cell]
+    plan = _C.persistent_plan(D=D, B=B, H=H, P=H, G=G, dtype=str(dtype).removeprefix("torch."),
+                              multiprocessors=multiprocessors, shared_bytes_per_block=1 << 20)
+    element = torch.empty(0, dtype=dtype).element_size()
+    return (G * plan["units_per_block"] * H + G * H) * element
+
+
+# (multiprocessors, threads per block, small shared memory): with H = 5, 4 multiprocessors give one direction
+# 3 blocks of 2, 2, 1 units and each of two directions 2 blocks of 3, 2; 6 give 5 blocks of 1 unit, or 3 of
+# 2, 2, 1 per direction; 1 gives one block (D = 1 only).
+DEVICES = {
+    "4sm-2threads": (4, 2, False),
+    "6sm-3threads-rowchunks": (6, 3, True),
+    "4sm-1thread-rowchunks": (4, 1, True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("lengths", [None, *ROW_LENGTHS])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_persistent_kernel_matches_cpu_kernels(device, cell, D, lengths, dtype, emulated):
+    multiprocessors, threads, row_chunks = DEVICES[device]
+    shared = _row_chunk_bytes(cell, D, multiprocessors, dtype) if row_chunks else 1 << 20
+    emulated(multiprocessors, shared, threads)
+    _check_engine_against_kernels(cell, D, True, False, ROW_LENGTHS.get(lengths), dtype, T=T, B=B, H=H,
+                                  namespace="fastrnn_persistent_test")
+
+
+@pytest.mark.parametrize("case", ["T1", "B1", "no_bias", "zero_state", "one_block", "H1"])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_kernel_edges(case, cell, D, emulated):
+    """A cell's step (T = 1), one row, no biases, the zero state a module without hx passes, one block per
+    direction, one hidden unit (more blocks allowed than units)."""
+    sizes = dict(T=T, B=B, H=H)
+    multiprocessors = 4
+    if case == "T1":
+        sizes["T"] = 1
+    elif case == "B1":
+        sizes["B"] = 1
+    elif case == "one_block":
+        multiprocessors = D
+    elif case == "H1":
+        sizes["H"] = 1
+    emulated(multiprocessors, 1 << 20, 2)
+    _check_engine_against_kernels(cell, D, case != "no_bias", False, None, torch.float64,
+                                  namespace="fastrnn_persistent_test", zero_state=case == "zero_state", **sizes)
+
+
+def test_persistent_kernel_without_saving_gives_the_same_outputs(emulated):
+    """save_for_backward False (inference) runs the same loop without the workspace."""
+    emulated(4, 1 << 20, 2)
+    for cell in ("lstm", "gru", "rnn_relu"):
+        args = make_args(cell, 2, lengths=(3, 0, 2), requires_grad=False, T=4, B=3, H=5)
+        op = getattr(torch.ops.fastrnn_persistent_test, f"{cell}_layer")
+        want = getattr(torch.ops.fastrnn, f"{cell}_layer")(*args.values(), False)
+        got = op(*args.values(), False)
+        for name, g, w in zip(("y", "hn", "cn"), got[:-1], want[:-1]):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-12, msg=lambda m: f"{cell} {name}: {m}")
+
+
+def test_persistent_kernel_gradcheck(emulated):
+    """Through autograd (the ops' registered formula), float64, both directions, variable lengths."""
+    emulated(4, 1 << 20, 3)
+    args = make_args("lstm", 2, lengths=(4, 1, 3), T=4, B=3, H=3)
+    lengths = args.pop("lengths")
+    names = list(args)
+
+    def f(*tensors):
+        y, hn, cn, _ = torch.ops.fastrnn_persistent_test.lstm_layer(*tensors, lengths, True)
+        return y, hn, cn
+
+    torch.autograd.gradcheck(f, tuple(args[n] for n in names), check_undefined_grad=False)
+
+
+def test_persistent_kernel_says_why_a_call_cannot_run(emulated):
+    emulated(3, 100, 2)
+    args = make_args("lstm", 1, requires_grad=False, T=3, B=2, H=5)
+    with pytest.raises(RuntimeError, match=r"persistent kernel cannot run this call: the recurrent weight's slice "
+                                           r"\(4 x 2 x 5 elements of 8 bytes per block, 3 blocks per direction\) "
+                                           r"and one row of the state need more than the 100 bytes"):
+        torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
+    emulated(3, 1 << 20, 2)
+    args = make_args("lstm", 1, proj=True, requires_grad=False, T=3, B=2, H=5)
+    with pytest.raises(RuntimeError, match="proj_size is not supported by the persistent kernel"):
+        torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
+    with pytest.raises(RuntimeError, match="every limit must be at least 1 but got multiprocessors=0"):
+        _C.set_persistent_emulation(0, 100, 1)
+
+
+# ----------------------------------------------------------------------------- the plan and the path choice
+
+H100 = dict(multiprocessors=132, shared_bytes_per_block=232448)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("D,Bn,Hn", [(1, 16, 768), (2, 64, 512), (1, 1, 128), (1, 256, 1024), (2, 8, 1024)])
+def test_plan_keeps_every_block_resident_and_within_shared_memory(cell, dtype, D, Bn, Hn):
+    """Where a call fits: one block per multiprocessor at most, every unit owned by exactly one block, the
+    shared memory of both passes within the limit; where it does not, the reason names the limit."""
+    G = GATES[cell]
+    plan = _C.persistent_plan(D=D, B=Bn, H=Hn, P=Hn, G=G, dtype=dtype, **H100)
+    element = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+    if not plan["fits"]:
+        # Only the weight can be too big: G*H*H elements over at most 132 // D blocks.
+        assert G * Hn * -(-Hn // (132 // D)) * element + Hn * element > H100["shared_bytes_per_block"]
+        assert "shared memory a block can have" in plan["why"]
+        return
+    assert plan["blocks"] <= H100["multiprocessors"] and plan["blocks"] == D * plan["blocks_per_direction"]
+    U = plan["units_per_block"]
+    assert (plan["blocks_per_direction"] - 1) * U < Hn <= plan["blocks_per_direction"] * U
+    assert 1 <= plan["forward_row_chunk"] <= min(Bn, 32) and 1 <= plan["backward_row_chunk"] <= min(Bn, 32)
+    for pass_ in ("forward", "backward"):
+        assert plan[f"{pass_}_shared_bytes"] <= H100["shared_bytes_per_block"]
+    assert plan["forward_shared_bytes"] == (G * U * Hn + plan["forward_row_chunk"] * Hn) * element
+
+
+def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
+    anchor = _C.persistent_plan(D=1, B=16, H=768, P=768, G=4, dtype="float16", **H100)
+    assert anchor["fits"] and anchor["blocks"] == 128 and anchor["units_per_block"] == 6
+    big = _C.persistent_plan(D=2, B=64, H=1024, P=1024, G=4, dtype="float32", **H100)
+    assert not big["fits"], big  # 2 directions x 16 MiB of fp32 weights > 132 x 227 KiB
+
+
+def test_cuda_path_choice_and_override(monkeypatch):
+    """fastrnn/cuda_path.h: auto is stepwise (the persistent kernel has never run on a GPU); persistent is
+    chosen only when forced, and a call it cannot run is then a clear error naming why."""
+    sizes = dict(D=1, T=100, B=8, H=512, P=512, dtype="bfloat16", sm=90)
+    monkeypatch.delenv("FASTRNN_CUDA_PATH", raising=False)
+    assert _C.choose_cuda_path(**sizes) == "stepwise"
+    for value in ("auto", "stepwise", ""):
+        monkeypatch.setenv("FASTRNN_CUDA_PATH", value)
+        assert _C.choose_cuda_path(**sizes) == "stepwise"
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", "persistent")
+    assert _C.choose_cuda_path(**sizes) == "persistent"
+    with pytest.raises(RuntimeError, match="FASTRNN_CUDA_PATH=persistent, but the persistent kernel cannot run this "
+                                           "call: proj_size is not supported"):
+        _C.choose_cuda_path(**{**sizes, "P": 256})
+    with pytest.raises(RuntimeError, match="cannot run this call: the recurrent weight's slice"):
+        _C.choose_cuda_path(**{**sizes, "H": 4096, "P": 4096, "dtype": "float32"})
+    with pytest.raises(RuntimeError, match="needs compute capability 7.0 or newer and this device has 6.1"):
+        _C.choose_cuda_path(**{**sizes, "sm": 61})
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", "fastest")
+    with pytest.raises(RuntimeError,
+                       match="FASTRNN_CUDA_PATH must be one of auto, stepwise, persistent .*got 'fastest'"):
+        _C.choose_cuda_path(**sizes)
+    monkeypatch.delenv("FASTRNN_CUDA_PATH")
+    with pytest.raises(RuntimeError, match="dtype must be float32, float64, float16 or bfloat16 but got 'int8'"):
+        _C.choose_cuda_path(**{**sizes, "dtype": "int8"})
+
