@@ -319,15 +319,19 @@ PYBIND11_MODULE(_C, module) {
   module.def("recycled_output_bytes", &fastrnn::cpu::recycled_output_bytes,
              pybind11::call_guard<pybind11::gil_scoped_release>());
   // The device the persistent kernel's CPU emulation plans for (tests/test_persistent.py); returns the
-  // limits before, as (multiprocessors, shared_bytes_per_block, threads_per_block).
+  // limits before, as (multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk,
+  // tile).
   module.def(
       "set_persistent_emulation",
-      [](int64_t multiprocessors, int64_t shared_bytes_per_block, int64_t threads_per_block) {
-        const auto before =
-            fastrnn::persistent::set_emulated_device({multiprocessors, shared_bytes_per_block, threads_per_block});
-        return std::make_tuple(before.multiprocessors, before.shared_bytes_per_block, before.threads_per_block);
+      [](int64_t multiprocessors, int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t max_row_chunk,
+         int64_t tile) {
+        const auto before = fastrnn::persistent::set_emulated_device(
+            {multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile});
+        return std::make_tuple(before.multiprocessors, before.shared_bytes_per_block, before.threads_per_block,
+                               before.max_row_chunk, before.tile);
       },
-      pybind11::arg("multiprocessors"), pybind11::arg("shared_bytes_per_block"), pybind11::arg("threads_per_block"));
+      pybind11::arg("multiprocessors"), pybind11::arg("shared_bytes_per_block"), pybind11::arg("threads_per_block"),
+      pybind11::arg("max_row_chunk") = 32, pybind11::arg("tile") = 0);
   module.def("plain_cell", &fastrnn::plain_cell);
   module.def("one_direction_layer", &fastrnn::one_direction_layer);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
@@ -364,8 +368,12 @@ PYBIND11_MODULE(_C, module) {
         d["blocks_per_direction"] = p.blocks_per_direction;
         d["units_per_block"] = p.units_per_block;
         d["threads_per_block"] = p.threads_per_block;
-        d["forward_row_chunk"] = p.forward_row_chunk;
-        d["backward_row_chunk"] = p.backward_row_chunk;
+        d["row_chunk"] = p.row_chunk;
+        d["tile"] = p.forward.tile;
+        d["forward_k_pad"] = p.forward.k_pad;
+        d["forward_n_pad"] = p.forward.n_pad;
+        d["backward_k_pad"] = p.backward.k_pad;
+        d["backward_n_pad"] = p.backward.n_pad;
         d["forward_shared_bytes"] = p.fits ? p.forward_shared_bytes() : 0;
         d["backward_shared_bytes"] = p.fits ? p.backward_shared_bytes() : 0;
         return d;

@@ -21,8 +21,9 @@ import torch
 import fastrnn  # noqa: F401  (registers the ops)
 from fastrnn import _C
 from fastrnn._ops import GATES
-from test_engine import ROW_LENGTHS, _check_engine_against_kernels
-from test_ops import make_args
+from conftest import assert_low_precision_close
+from test_engine import ROW_LENGTHS, _check_engine_against_kernels, _engine_op, _kernel_op, _outputs_and_grads
+from test_ops import backward_names, make_args
 
 T, B, H = 7, 5, 5
 
@@ -33,30 +34,21 @@ def emulated(monkeypatch):
     monkeypatch.setenv("FASTRNN_DEBUG", "1")
     before = _C.set_persistent_emulation(4, 1 << 20, 2)
 
-    def set_device(multiprocessors, shared_bytes_per_block, threads_per_block):
-        _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block)
+    def set_device(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk=32, tile=0):
+        _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile)
 
     yield set_device
     _C.set_persistent_emulation(*before)
 
 
-def _row_chunk_bytes(cell, D, multiprocessors, dtype):
-    """Shared memory for the weight slice plus one row of backward's gate gradients: backward then loads its
-    rows one at a time, forward G rows at a time (two chunks for B = 5 rows with LSTM and GRU)."""
-    G = GATES[cell]
-    plan = _C.persistent_plan(D=D, B=B, H=H, P=H, G=G, dtype=str(dtype).removeprefix("torch."),
-                              multiprocessors=multiprocessors, shared_bytes_per_block=1 << 20)
-    element = torch.empty(0, dtype=dtype).element_size()
-    return (G * plan["units_per_block"] * H + G * H) * element
-
-
-# (multiprocessors, threads per block, small shared memory): with H = 5, 4 multiprocessors give one direction
+# (multiprocessors, threads per block, rows per chunk, tile): with H = 5, 4 multiprocessors give one direction
 # 3 blocks of 2, 2, 1 units and each of two directions 2 blocks of 3, 2; 6 give 5 blocks of 1 unit, or 3 of
-# 2, 2, 1 per direction; 1 gives one block (D = 1 only).
+# 2, 2, 1 per direction. Chunks of 2 rows: B = 5 rows load as 2, 2, 1 (fewer as lengths end). Tile 16: the
+# zero-padded tiles that half and bfloat16 multiply on the tensor cores (here in float, by block_product).
 DEVICES = {
-    "4sm-2threads": (4, 2, False),
-    "6sm-3threads-rowchunks": (6, 3, True),
-    "4sm-1thread-rowchunks": (4, 1, True),
+    "4sm-2threads-tile16": (4, 2, 32, 16),
+    "6sm-3threads-rowchunks": (6, 3, 2, 0),
+    "4sm-1thread-rowchunks-tile16": (4, 1, 2, 16),
 }
 
 
@@ -66,9 +58,8 @@ DEVICES = {
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_persistent_kernel_matches_cpu_kernels(device, cell, D, lengths, dtype, emulated):
-    multiprocessors, threads, row_chunks = DEVICES[device]
-    shared = _row_chunk_bytes(cell, D, multiprocessors, dtype) if row_chunks else 1 << 20
-    emulated(multiprocessors, shared, threads)
+    multiprocessors, threads, row_chunk, tile = DEVICES[device]
+    emulated(multiprocessors, 1 << 20, threads, row_chunk, tile)
     _check_engine_against_kernels(cell, D, True, False, ROW_LENGTHS.get(lengths), dtype, T=T, B=B, H=H,
                                   namespace="fastrnn_persistent_test")
 
@@ -92,6 +83,38 @@ def test_persistent_kernel_edges(case, cell, D, emulated):
     emulated(multiprocessors, 1 << 20, 2)
     _check_engine_against_kernels(cell, D, case != "no_bias", False, None, torch.float64,
                                   namespace="fastrnn_persistent_test", zero_state=case == "zero_state", **sizes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell,D,lengths", [("lstm", 2, "sorted"), ("gru", 1, "unsorted_with_0"),
+                                            ("rnn_tanh", 2, None)])
+def test_persistent_kernel_in_half_precision(cell, D, lengths, dtype, emulated):
+    """bfloat16 and float16: the padded 16 x 16 tiles of the tensor-core product (multiplied here by
+    block_product, accumulating in float), against the CPU kernels in the same dtype by the low-precision
+    rule (conftest): the error against float64 on the same rounded inputs at most twice the CPU kernels'."""
+    emulated(4, 1 << 20, 2, 2)
+    args = make_args(cell, D, lengths=ROW_LENGTHS.get(lengths), requires_grad=False, T=T, B=B, H=H)
+    rounded = {k: v.to(dtype).to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v
+               for k, v in args.items()}
+    low = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in rounded.items()}
+    y64, hn64, *_ = _kernel_op(cell)(*rounded.values(), False)
+    gen = torch.Generator().manual_seed(1)
+    grads64 = [torch.randn(y64.shape, generator=gen, dtype=torch.float64),
+               torch.randn(hn64.shape, generator=gen, dtype=torch.float64)]
+    if cell == "lstm":
+        grads64.append(torch.randn(hn64.shape, generator=gen, dtype=torch.float64))
+    grads64 = [g.to(dtype).to(torch.float64) for g in grads64]
+    grads = [g.to(dtype) for g in grads64]
+    names = ["y", "hn"] + (["cn"] if cell == "lstm" else []) + backward_names(cell)
+
+    def run(namespace, a, g):
+        fwd, bwd = _outputs_and_grads(_engine_op(cell, namespace=namespace),
+                                      _engine_op(cell, True, namespace=namespace), cell, a, g)
+        return {n: t for n, t in zip(names, fwd + bwd) if t.numel()}
+
+    ref = {k: v.double() for k, v in run("fastrnn", rounded, grads64).items()}
+    assert_low_precision_close(run("fastrnn_persistent_test", low, grads), run("fastrnn", low, grads), ref, dtype,
+                               what=f"{cell} D={D} {lengths}")
 
 
 def test_persistent_kernel_without_saving_gives_the_same_outputs(emulated):
@@ -125,14 +148,15 @@ def test_persistent_kernel_says_why_a_call_cannot_run(emulated):
     args = make_args("lstm", 1, requires_grad=False, T=3, B=2, H=5)
     with pytest.raises(RuntimeError, match=r"persistent kernel cannot run this call: the recurrent weight's slice "
                                            r"\(4 x 2 x 5 elements of 8 bytes per block, 3 blocks per direction\) "
-                                           r"and one row of the state need more than the 100 bytes"):
+                                           r"and a tile of rows need 496 bytes of shared memory, more than the 100 "
+                                           r"a block can have"):
         torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
     emulated(3, 1 << 20, 2)
     args = make_args("lstm", 1, proj=True, requires_grad=False, T=3, B=2, H=5)
     with pytest.raises(RuntimeError, match="proj_size is not supported by the persistent kernel"):
         torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
     with pytest.raises(RuntimeError, match="every limit must be at least 1 but got multiprocessors=0"):
-        _C.set_persistent_emulation(0, 100, 1)
+        _C.set_persistent_emulation(0, 100, 1, 1, 0)
 
 
 # ----------------------------------------------------------------------------- the plan and the path choice
@@ -149,18 +173,27 @@ def test_plan_keeps_every_block_resident_and_within_shared_memory(cell, dtype, D
     G = GATES[cell]
     plan = _C.persistent_plan(D=D, B=Bn, H=Hn, P=Hn, G=G, dtype=dtype, **H100)
     element = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
-    if not plan["fits"]:
-        # Only the weight can be too big: G*H*H elements over at most 132 // D blocks.
-        assert G * Hn * -(-Hn // (132 // D)) * element + Hn * element > H100["shared_bytes_per_block"]
-        assert "shared memory a block can have" in plan["why"]
+    t = 16 if element == 2 else 1  # tensor-core tiles for half and bfloat16 only
+    tile = lambda n: -(-n // t) * t  # noqa: E731
+    acc = 4
+    assert plan["tile"] == t
+    U = plan["units_per_block"] if plan["fits"] else -(-Hn // (132 // D))
+
+    def shared(rows, k, n):
+        return (tile(k) * tile(n) + tile(rows) * tile(k)) * element + tile(rows) * tile(n) * acc
+
+    if not plan["fits"]:  # not even one row (one tile of rows) fits beside the weight slice
+        assert max(shared(1, Hn, G * U), shared(1, G * Hn, U)) > H100["shared_bytes_per_block"]
+        assert "shared memory, more than the 232448 a block can have" in plan["why"]
         return
     assert plan["blocks"] <= H100["multiprocessors"] and plan["blocks"] == D * plan["blocks_per_direction"]
-    U = plan["units_per_block"]
     assert (plan["blocks_per_direction"] - 1) * U < Hn <= plan["blocks_per_direction"] * U
-    assert 1 <= plan["forward_row_chunk"] <= min(Bn, 32) and 1 <= plan["backward_row_chunk"] <= min(Bn, 32)
-    for pass_ in ("forward", "backward"):
-        assert plan[f"{pass_}_shared_bytes"] <= H100["shared_bytes_per_block"]
-    assert plan["forward_shared_bytes"] == (G * U * Hn + plan["forward_row_chunk"] * Hn) * element
+    assert 1 <= plan["row_chunk"] <= min(Bn, 32)
+    assert (plan["forward_k_pad"], plan["forward_n_pad"]) == (tile(Hn), tile(G * U))
+    assert (plan["backward_k_pad"], plan["backward_n_pad"]) == (tile(G * Hn), tile(U))
+    assert plan["forward_shared_bytes"] == shared(plan["row_chunk"], Hn, G * U)
+    assert plan["backward_shared_bytes"] == shared(plan["row_chunk"], G * Hn, U)
+    assert max(plan["forward_shared_bytes"], plan["backward_shared_bytes"]) <= H100["shared_bytes_per_block"]
 
 
 def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
@@ -168,6 +201,8 @@ def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
     assert anchor["fits"] and anchor["blocks"] == 128 and anchor["units_per_block"] == 6
     big = _C.persistent_plan(D=2, B=64, H=1024, P=1024, G=4, dtype="float32", **H100)
     assert not big["fits"], big  # 2 directions x 16 MiB of fp32 weights > 132 x 227 KiB
+    one_direction = _C.persistent_plan(D=1, B=64, H=1024, P=1024, G=4, dtype="float32", **H100)
+    assert one_direction["fits"] and one_direction["row_chunk"] < 32, one_direction  # fewer rows per chunk
 
 
 def test_cuda_path_choice_and_override(monkeypatch):

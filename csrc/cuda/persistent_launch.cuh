@@ -8,14 +8,52 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <type_traits>
 
 #include "fastrnn/persistent.h"
 
 namespace fastrnn {
 namespace cuda {
 
-// The block's dynamic shared memory (the launch's shared_bytes): 16-byte aligned for any element type.
-extern __shared__ __align__(16) unsigned char persistent_shared[];
+// The block's dynamic shared memory (the launch's shared_bytes), aligned for wmma's 256-bit fragment loads
+// (persistent::SharedTiles keeps each region's start a multiple of 512 bytes from here).
+extern __shared__ __align__(128) unsigned char persistent_shared[];
+
+// The step's product on the tensor cores, for half and bfloat16 (fp32 accumulation): the contract of
+// persistent::block_product, which the CPU emulation runs instead over the same padded tiles. Each warp
+// takes 16 x 16 tiles of acc in turn and runs the whole padded K for it; rows past `rows` up to the next
+// tile are computed too (from whatever the row tile holds there) and never read. What it relies on:
+// k_pad and n_pad are multiples of 16 (the plan pads them) and the operands start 32-byte aligned
+// (SharedTiles); A's padded columns and W's padded rows are zero (load_rows, the weight load).
+template <typename scalar_t>
+__device__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float* acc, int64_t rows,
+                                    const persistent::Product& pr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  using element = std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, __nv_bfloat16>;
+  const element* a = reinterpret_cast<const element*>(A);  // at::Half, at::BFloat16: the same 16 bits
+  const element* w = reinterpret_cast<const element*>(W);
+  const int64_t row_tiles = (rows + 15) / 16, col_tiles = pr.n_pad / 16;
+  for (int64_t tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += blockDim.x / 32) {
+    const int64_t tm = tile / col_tiles, tn = tile % col_tiles;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    for (int64_t k = 0; k < pr.k_pad; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, element, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, element, wmma::row_major> fb;
+      wmma::load_matrix_sync(fa, a + tm * 16 * pr.k_pad + k, static_cast<unsigned>(pr.k_pad));
+      wmma::load_matrix_sync(fb, w + k * pr.n_pad + tn * 16, static_cast<unsigned>(pr.n_pad));
+      wmma::mma_sync(c, fa, fb, c);
+    }
+    wmma::store_matrix_sync(acc + tm * 16 * pr.n_pad + tn * 16, c, static_cast<unsigned>(pr.n_pad),
+                            wmma::mem_row_major);
+  }
+#endif
+}
 
 // fastrnn/persistent.h's Ctx on the GPU. Host-device so that the programs' host-device operator() can
 // call it; only the device instantiation is ever run (from persistent_kernel).
@@ -64,6 +102,21 @@ struct CudaCtx {
 #else
     return nullptr;
 #endif
+  }
+  // Tensor cores for half and bfloat16 from sm_80 (wmma's bfloat16 needs it; one rule for both); CUDA cores
+  // (persistent::block_product) otherwise. TF32 for float is not used yet.
+  template <typename T>
+  FASTRNN_HOST_DEVICE void product(const T* A, const T* W, at::opmath_type<T>* acc, int64_t rows,
+                                   const persistent::Product& pr) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
+      if (pr.tile == persistent::kMmaTile) {  // always, from make_plan for 2-byte elements
+        tensor_core_product(A, W, acc, rows, pr);
+        return;
+      }
+    }
+#endif
+    persistent::block_product(*this, A, W, acc, rows, pr);
   }
 };
 

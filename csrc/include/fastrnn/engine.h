@@ -172,7 +172,7 @@ void forward(const LayerSizes& s, const at::Tensor& x, const at::Tensor& w_ih, c
     h_other.copy_(h0);
     const StepRowsOnDevice<Launcher> step_rows(rows, x);
     const persistent::ForwardProgram<scalar_t, Cell> program{
-        T, B, H, D, plan.blocks_per_direction, plan.units_per_block, plan.forward_row_chunk, {steps[0], steps[1]},
+        T, B, H, D, plan.blocks_per_direction, plan.units_per_block, plan.row_chunk, plan.forward, {steps[0], steps[1]},
         step_rows.view(B), xp.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), b_hh.has_value() ? b_hh->data_ptr<scalar_t>() : nullptr,
         {h.data_ptr<scalar_t>(), h_other.data_ptr<scalar_t>()}, hg.data_ptr<scalar_t>(),
         Cell::kHasCellState ? cn.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
@@ -260,7 +260,7 @@ void backward(const LayerSizes& s, const at::Tensor& grad_y, const at::Tensor& g
     at::Tensor dgh_other = buffer(x, {D, B, GH});
     const StepRowsOnDevice<Launcher> step_rows(rows, x);
     const persistent::BackwardProgram<scalar_t, Cell> program{
-        T, B, H, D, plan.blocks_per_direction, plan.units_per_block, plan.backward_row_chunk, {steps[0], steps[1]},
+        T, B, H, D, plan.blocks_per_direction, plan.units_per_block, plan.row_chunk, plan.backward, {steps[0], steps[1]},
         step_rows.view(B), w_hh.data_ptr<scalar_t>(), Cell::kSaved > 0 ? saved.data_ptr<scalar_t>() : nullptr,
         y.data_ptr<scalar_t>(), grad_y.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
         Cell::kHasCellState ? c0.data_ptr<scalar_t>() : nullptr, dh.data_ptr<scalar_t>(),

@@ -12,6 +12,10 @@
 //     void sync_block() const;  // every thread of this block (CUDA: __syncthreads)
 //     void sync_grid() const;   // every thread of every block (CUDA: cooperative_groups grid sync)
 //     template <typename T> T* shared() const;  // the block's shared memory
+//     // The step's product (block_product's contract): the tensor cores for half/bfloat16 on CUDA,
+//     // block_product itself elsewhere (and always in the emulation).
+//     template <typename T> void product(const T* A, const T* W, at::opmath_type<T>* acc, int64_t rows,
+//                                        const Product& pr) const;
 //   };
 //
 // CUDA runs them from csrc/cuda/persistent.cu; the CPU emulation (csrc/cpu/persistent_emulation.cpp,
@@ -20,10 +24,10 @@
 // units and its barrier order, against the CPU kernels (tests/test_persistent.py).
 //
 // Per step, a block: loads a chunk of rows of the state every direction's blocks wrote at the last
-// step (h, or backward's gate gradients) into shared memory; each thread takes elements (row b, unit
-// j), multiplies the on-chip weight slice by the row (the step GEMM's slice, accumulated in
-// at::opmath_type), and runs the engine's per-element functor (fastrnn/engine_steps.h: the gate math
-// of fastrnn/cells.h, the outputs, what backward saves) for that element; then the grid barrier.
+// step (h, or backward's gate gradients) into shared memory; multiplies it by the on-chip weight slice
+// (the step GEMM's slice, accumulated in at::opmath_type, into shared memory); then each thread takes
+// elements (row b, unit j) and runs the engine's per-element functor (fastrnn/engine_steps.h: the gate
+// math of fastrnn/cells.h, the outputs, what backward saves) for that element; then the grid barrier.
 // Why one barrier per step is enough: forward, the state is double-buffered (step k reads h[k % 2]
 // and writes h[(k + 1) % 2]; a block can only overwrite h[k % 2] at step k + 1, after every block has
 // passed step k's barrier, so after every read of it); backward likewise with the step's recurrent
@@ -51,15 +55,32 @@ struct DeviceLimits {
   int64_t multiprocessors;         // SMs
   int64_t shared_bytes_per_block;  // the most dynamic shared memory one block may have (opt-in)
   int64_t threads_per_block;       // the program's block size
+  int64_t max_row_chunk = 32;      // the most rows of the state a block loads at a time (tests make it small)
+  int64_t tile = 0;                // float/double tiles' edge (Product::tile); 0: 1 (tests force 16)
 };
 
-// Threads per block of the CUDA kernel: 8 warps, enough to hide shared-memory latency while a block's
-// (row, unit) elements (at least one row chunk of U units) keep them busy.
+// Threads per block of the CUDA kernel: 8 warps, enough to hide shared-memory latency, and warps for
+// the tensor-core tiles of a step's product.
 inline constexpr int64_t kThreadsPerBlock = 256;
 
-// The most rows of the state one block loads at a time (more rows: more shared memory, fewer block
-// barriers per step).
-inline constexpr int64_t kMaxRowChunk = 32;
+// The tile edge of a step's product in half and bfloat16: the shape of a tensor-core MMA (wmma 16 x 16 x
+// 16), to which the operands in shared memory are zero-padded. float and double run on CUDA cores: no
+// padding (tile 1), so more of the weight fits on-chip.
+inline constexpr int64_t kMmaTile = 16;
+
+FASTRNN_HOST_DEVICE inline int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+// A step's product in one block: acc [rows, n_pad] = A [rows, k_pad] @ W [k_pad, n_pad], A a chunk of
+// rows of the state (forward: h, K = H; backward: the gate gradients, K = G*H), W the block's on-chip
+// weight slice (forward: N = G*U gate columns; backward: N = U units); k_pad, n_pad and the rows' tile
+// are K, N and the chunk's rows rounded up to `tile`.
+struct Product {
+  int64_t k_pad = 0, n_pad = 0, tile = 1;
+  FASTRNN_HOST_DEVICE int64_t row_tile(int64_t rows) const { return round_up(rows, tile); }
+  int64_t shared_bytes(int64_t row_chunk, int64_t element_bytes, int64_t acc_bytes) const {
+    return (k_pad * n_pad + row_tile(row_chunk) * k_pad) * element_bytes + row_tile(row_chunk) * n_pad * acc_bytes;
+  }
+};
 
 // How a call is split over the grid, or why it cannot run persistently.
 //
@@ -73,21 +94,18 @@ struct Plan {
   bool fits = false;
   std::string why;  // when it does not fit
   int64_t D = 0, H = 0, G = 0;
-  int64_t blocks_per_direction = 0, units_per_block = 0, threads_per_block = 0;
-  int64_t forward_row_chunk = 0, backward_row_chunk = 0;  // rows of h / of the gate gradients per load
-  int64_t element_bytes = 0;
+  int64_t blocks_per_direction = 0, units_per_block = 0, threads_per_block = 0, row_chunk = 0;
+  int64_t element_bytes = 0, acc_bytes = 0;
+  Product forward, backward;
   int64_t blocks() const { return D * blocks_per_direction; }
-  // Shared memory per block: the weight slice, then a chunk of rows.
-  int64_t weight_elements() const { return G * units_per_block * H; }
-  int64_t forward_shared_bytes() const { return (weight_elements() + forward_row_chunk * H) * element_bytes; }
-  int64_t backward_shared_bytes() const {
-    return (weight_elements() + backward_row_chunk * G * H) * element_bytes;
-  }
+  int64_t forward_shared_bytes() const { return forward.shared_bytes(row_chunk, element_bytes, acc_bytes); }
+  int64_t backward_shared_bytes() const { return backward.shared_bytes(row_chunk, element_bytes, acc_bytes); }
 };
 
 inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, const DeviceLimits& dev) {
   Plan p;
   p.D = s.D, p.H = s.H, p.G = G, p.element_bytes = element_bytes, p.threads_per_block = dev.threads_per_block;
+  p.acc_bytes = element_bytes == 8 ? 8 : 4;  // at::opmath_type: double for double, else float
   if (s.proj) {
     p.why = "proj_size is not supported by the persistent kernel (the stepwise path runs it)";
     return p;
@@ -99,20 +117,28 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
     return p;
   }
   // As many blocks as multiprocessors allow: the smallest slice per block, so the least arithmetic per step.
-  p.units_per_block = (s.H + max_blocks - 1) / max_blocks;
-  p.blocks_per_direction = (s.H + p.units_per_block - 1) / p.units_per_block;
-  const int64_t weight_bytes = p.weight_elements() * element_bytes;
-  const int64_t room = dev.shared_bytes_per_block - weight_bytes;
-  const auto chunk = [&](int64_t row_elements) {
-    return std::min<int64_t>({std::max<int64_t>(s.B, 1), kMaxRowChunk, room / (row_elements * element_bytes)});
+  const int64_t U = (s.H + max_blocks - 1) / max_blocks;
+  p.units_per_block = U;
+  p.blocks_per_direction = (s.H + U - 1) / U;
+  const int64_t tile = element_bytes == 2 ? kMmaTile : (dev.tile > 0 ? dev.tile : 1);
+  p.forward = {round_up(s.H, tile), round_up(G * U, tile), tile};
+  p.backward = {round_up(G * s.H, tile), round_up(U, tile), tile};
+  // The most rows per chunk that fit: halved while that saves shared memory (below one tile it does not).
+  const auto fits = [&](int64_t chunk) {
+    return std::max(p.forward.shared_bytes(chunk, element_bytes, p.acc_bytes),
+                    p.backward.shared_bytes(chunk, element_bytes, p.acc_bytes)) <= dev.shared_bytes_per_block;
   };
-  p.forward_row_chunk = chunk(s.H);
-  p.backward_row_chunk = chunk(G * s.H);
-  if (room <= 0 || p.forward_row_chunk < 1 || p.backward_row_chunk < 1) {
-    p.why = "the recurrent weight's slice (" + std::to_string(G) + " x " + std::to_string(p.units_per_block) +
-            " x " + std::to_string(s.H) + " elements of " + std::to_string(element_bytes) + " bytes per block, " +
-            std::to_string(p.blocks_per_direction) + " blocks per direction) and one row of the state need more " +
-            "than the " + std::to_string(dev.shared_bytes_per_block) + " bytes of shared memory a block can have";
+  p.row_chunk = std::max<int64_t>(1, std::min(s.B, dev.max_row_chunk));
+  while (!fits(p.row_chunk) && p.row_chunk > 1 && round_up(p.row_chunk / 2, tile) < round_up(p.row_chunk, tile)) {
+    p.row_chunk /= 2;
+  }
+  if (!fits(p.row_chunk)) {
+    p.why = "the recurrent weight's slice (" + std::to_string(G) + " x " + std::to_string(U) + " x " +
+            std::to_string(s.H) + " elements of " + std::to_string(element_bytes) + " bytes per block, " +
+            std::to_string(p.blocks_per_direction) + " blocks per direction) and a tile of rows need " +
+            std::to_string(std::max(p.forward_shared_bytes(), p.backward_shared_bytes())) +
+            " bytes of shared memory, more than the " + std::to_string(dev.shared_bytes_per_block) +
+            " a block can have";
     return p;
   }
   p.fits = true;
@@ -120,6 +146,23 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
 }
 
 // ---------------------------------------------------------------- the block programs (host and device)
+
+// The step's product where no tensor core serves (float, double; the CPU emulation always): each thread
+// computes whole elements of acc, over the padded K. Contract (the tensor-core version's too): acc[r, n]
+// for r < rows and n < n_pad; rows past `rows` (up to the next tile) may be written with anything.
+template <typename Ctx, typename scalar_t>
+FASTRNN_HOST_DEVICE void block_product(const Ctx& ctx, const scalar_t* A, const scalar_t* W,
+                                       at::opmath_type<scalar_t>* acc, int64_t rows, const Product& pr) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = ctx.thread(); i < rows * pr.n_pad; i += ctx.threads()) {
+    const int64_t r = i / pr.n_pad, n = i % pr.n_pad;
+    acc_t sum = 0;
+    for (int64_t k = 0; k < pr.k_pad; ++k) {
+      sum += static_cast<acc_t>(A[r * pr.k_pad + k]) * static_cast<acc_t>(W[k * pr.n_pad + n]);
+    }
+    acc[i] = sum;
+  }
+}
 
 // Where direction d's blocks find a step's rows: with variable lengths, step t runs its first rows[t]
 // rows, and its compact rows (xp, dgx) start at offset[t] (engine.h RealRows, on the device); without,
@@ -132,7 +175,8 @@ struct StepRows {
   FASTRNN_HOST_DEVICE int64_t first(int64_t t) const { return offset ? offset[t] : t * B; }
 };
 
-// The block's place in the grid: its direction and the units [j0, j0 + units) it owns.
+// The block's place in the grid: its direction and the units [j0, j0 + units) it owns (the last block of a
+// direction may own fewer than U).
 struct Slice {
   int64_t d, j0, units;
   template <typename Ctx>
@@ -142,11 +186,40 @@ struct Slice {
   }
 };
 
+// The block's shared memory: the weight slice [k_pad, n_pad], a chunk of rows [row tile, k_pad], and the
+// product [row tile, n_pad]. Half and bfloat16 (always tile 16): each region's size is a multiple of 512
+// bytes, so each starts aligned for MMA fragments when the base is. float and double: the product, in the
+// element type itself, follows regions of whole elements.
+template <typename scalar_t>
+struct SharedTiles {
+  scalar_t* w;
+  scalar_t* a;
+  at::opmath_type<scalar_t>* acc;
+  template <typename Ctx>
+  FASTRNN_HOST_DEVICE static SharedTiles carve(const Ctx& ctx, const Product& pr, int64_t row_chunk) {
+    scalar_t* w = ctx.template shared<scalar_t>();
+    scalar_t* a = w + pr.k_pad * pr.n_pad;
+    return {w, a, reinterpret_cast<at::opmath_type<scalar_t>*>(a + pr.row_tile(row_chunk) * pr.k_pad)};
+  }
+};
+
+// Loads rows [b0, b0 + rows) of src (row length K, row stride K) into the tile of rows, zeroing the padded
+// columns k >= K (zero times the weight's zero padding: a NaN left in shared memory must not enter a sum).
+template <typename Ctx, typename scalar_t>
+FASTRNN_HOST_DEVICE void load_rows(const Ctx& ctx, scalar_t* a, const scalar_t* src, int64_t rows, int64_t K,
+                                   int64_t k_pad) {
+  for (int64_t i = ctx.thread(); i < rows * k_pad; i += ctx.threads()) {
+    const int64_t r = i / k_pad, k = i % k_pad;
+    a[i] = k < K ? src[r * K + k] : scalar_t(0);
+  }
+}
+
 template <typename scalar_t, typename Cell>
 struct ForwardProgram {
   using Forward = typename Cell::template Forward<scalar_t>;
   static constexpr int64_t G = Cell::kGates;
   int64_t T, B, H, D, blocks_per_direction, U, row_chunk;
+  Product product;       // K = H, N = G*U
   engine::Steps steps[2];
   StepRows rows;
   const scalar_t* xp;    // [N, D*G*H]: W_ih x + b_ih over the compact rows
@@ -160,43 +233,40 @@ struct ForwardProgram {
 
   template <typename Ctx>
   FASTRNN_HOST_DEVICE void operator()(const Ctx& ctx) const {
-    using acc_t = at::opmath_type<scalar_t>;
     const int64_t GH = G * H;
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
-    scalar_t* w = ctx.template shared<scalar_t>();  // [H, G, U]: w[(p * G + q) * U + u] = W_hh[q*H + j0 + u, p]
-    scalar_t* h_rows = w + H * G * U;                // [row_chunk, H]
-    for (int64_t i = ctx.thread(); i < H * G * sl.units; i += ctx.threads()) {
-      const int64_t u = i % sl.units, q = (i / sl.units) % G, p = i / (sl.units * G);
-      w[(p * G + q) * U + u] = w_hh[(sl.d * GH + q * H + sl.j0 + u) * H + p];
+    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
+    // w[p, q*U + u] = W_hh[q*H + j0 + u, p]; zero where p >= H or u >= the block's units.
+    for (int64_t i = ctx.thread(); i < product.k_pad * product.n_pad; i += ctx.threads()) {
+      const int64_t p = i / product.n_pad, n = i % product.n_pad, q = n / U, u = n % U;
+      sh.w[i] = p < H && q < G && u < sl.units ? w_hh[(sl.d * GH + q * H + sl.j0 + u) * H + p] : scalar_t(0);
     }
     ctx.sync_block();
     const engine::Steps& st = steps[sl.d];
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = st.time(k), n = rows.count(t);
-      scalar_t* h_prev = h[k & 1] + sl.d * B * H;
+      const scalar_t* h_prev = h[k & 1] + sl.d * B * H;
       scalar_t* hg_d = hg + sl.d * B * GH;
       const Forward cell{engine::ForwardStep<scalar_t>{
-          st, t, H, H, xp + rows.first(t) * D * GH + sl.d * GH, D * GH, hg_d,
-          b_hh ? b_hh + sl.d * GH : nullptr, h_prev, h[(k + 1) & 1] + sl.d * B * H, c ? c + sl.d * B * H : nullptr,
-          nullptr, y + t * B * D * H + sl.d * H, D * H,
-          saved ? saved + (sl.d * T + t) * B * Cell::kSaved * H : nullptr}};
+          st, t, H, H, xp + rows.first(t) * D * GH + sl.d * GH, D * GH, hg_d, b_hh ? b_hh + sl.d * GH : nullptr,
+          h_prev, h[(k + 1) & 1] + sl.d * B * H, c ? c + sl.d * B * H : nullptr, nullptr,
+          y + t * B * D * H + sl.d * H, D * H, saved ? saved + (sl.d * T + t) * B * Cell::kSaved * H : nullptr}};
       for (int64_t b0 = 0; b0 < n; b0 += row_chunk) {
         const int64_t chunk = n - b0 < row_chunk ? n - b0 : row_chunk;
-        for (int64_t i = ctx.thread(); i < chunk * H; i += ctx.threads()) h_rows[i] = h_prev[b0 * H + i];
+        load_rows(ctx, sh.a, h_prev + b0 * H, chunk, H, product.k_pad);
+        ctx.sync_block();
+        ctx.product(sh.a, sh.w, sh.acc, chunk, product);
         ctx.sync_block();
         for (int64_t i = ctx.thread(); i < chunk * sl.units; i += ctx.threads()) {
           const int64_t r = i / sl.units, u = i % sl.units, b = b0 + r, j = sl.j0 + u;
           if (st.active(t, b)) {
-            acc_t acc[G] = {};
-            for (int64_t p = 0; p < H; ++p) {
-              const acc_t hp = static_cast<acc_t>(h_rows[r * H + p]);
-              for (int64_t q = 0; q < G; ++q) acc[q] += static_cast<acc_t>(w[(p * G + q) * U + u]) * hp;
+            for (int64_t q = 0; q < G; ++q) {
+              hg_d[b * GH + q * H + j] = static_cast<scalar_t>(sh.acc[r * product.n_pad + q * U + u]);
             }
-            for (int64_t q = 0; q < G; ++q) hg_d[b * GH + q * H + j] = static_cast<scalar_t>(acc[q]);
           }
           cell(b * H + j);
         }
-        ctx.sync_block();  // before the next chunk overwrites h_rows
+        ctx.sync_block();  // before the next chunk overwrites the rows and the product
       }
       // Rows past the step's running ones: their state carries into the other buffer, y is zero.
       for (int64_t i = ctx.thread(); i < (B - n) * sl.units; i += ctx.threads()) {
@@ -212,6 +282,7 @@ struct BackwardProgram {
   using Backward = typename Cell::template Backward<scalar_t>;
   static constexpr int64_t G = Cell::kGates;
   int64_t T, B, H, D, blocks_per_direction, U, row_chunk;
+  Product product;        // K = G*H, N = U
   engine::Steps steps[2];
   StepRows rows;
   const scalar_t* w_hh;   // [D, G*H, H]
@@ -226,23 +297,22 @@ struct BackwardProgram {
   scalar_t* dgx;          // [N, D*G*H] (compact rows)
   scalar_t* dgh_all;      // [N, D*G*H] (GRU) or nullptr
 
-  // dL/dh of the owned units of rows [0, n) += (gate gradients of the step processed before) @ W_hh.
+  // dL/dh of the owned units of rows [0, n) += (gate gradients dg of the step processed before) @ W_hh.
   template <typename Ctx>
-  FASTRNN_HOST_DEVICE void add_recurrent(const Ctx& ctx, const Slice& sl, const scalar_t* w, scalar_t* g_rows,
+  FASTRNN_HOST_DEVICE void add_recurrent(const Ctx& ctx, const Slice& sl, const SharedTiles<scalar_t>& sh,
                                          const scalar_t* dg, int64_t n) const {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t GH = G * H;
     for (int64_t b0 = 0; b0 < n; b0 += row_chunk) {
       const int64_t chunk = n - b0 < row_chunk ? n - b0 : row_chunk;
-      for (int64_t i = ctx.thread(); i < chunk * GH; i += ctx.threads()) g_rows[i] = dg[b0 * GH + i];
+      load_rows(ctx, sh.a, dg + b0 * GH, chunk, GH, product.k_pad);
+      ctx.sync_block();
+      ctx.product(sh.a, sh.w, sh.acc, chunk, product);
       ctx.sync_block();
       for (int64_t i = ctx.thread(); i < chunk * sl.units; i += ctx.threads()) {
         const int64_t r = i / sl.units, u = i % sl.units;
-        acc_t acc = static_cast<acc_t>(dh[(sl.d * B + b0 + r) * H + sl.j0 + u]);
-        for (int64_t col = 0; col < GH; ++col) {
-          acc += static_cast<acc_t>(g_rows[r * GH + col]) * static_cast<acc_t>(w[col * U + u]);
-        }
-        dh[(sl.d * B + b0 + r) * H + sl.j0 + u] = static_cast<scalar_t>(acc);
+        scalar_t& d = dh[(sl.d * B + b0 + r) * H + sl.j0 + u];
+        d = static_cast<scalar_t>(static_cast<acc_t>(d) + sh.acc[r * product.n_pad + u]);
       }
       ctx.sync_block();
     }
@@ -252,17 +322,17 @@ struct BackwardProgram {
   FASTRNN_HOST_DEVICE void operator()(const Ctx& ctx) const {
     const int64_t GH = G * H;
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
-    scalar_t* w = ctx.template shared<scalar_t>();  // [G*H, U]: w[col * U + u] = W_hh[col, j0 + u]
-    scalar_t* g_rows = w + GH * U;                   // [row_chunk, G*H]
-    for (int64_t i = ctx.thread(); i < GH * sl.units; i += ctx.threads()) {
-      const int64_t u = i % sl.units, col = i / sl.units;
-      w[col * U + u] = w_hh[(sl.d * GH + col) * H + sl.j0 + u];
+    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
+    // w[col, u] = W_hh[col, j0 + u] (W_hh^T's rows of the owned units); zero where col >= G*H or u >= units.
+    for (int64_t i = ctx.thread(); i < product.k_pad * product.n_pad; i += ctx.threads()) {
+      const int64_t col = i / product.n_pad, u = i % product.n_pad;
+      sh.w[i] = col < GH && u < sl.units ? w_hh[(sl.d * GH + col) * H + sl.j0 + u] : scalar_t(0);
     }
     ctx.sync_block();
     const engine::Steps& st = steps[sl.d];
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = st.time(k), n = rows.count(t), parity = (T - 1 - k) & 1;
-      if (k < T - 1) add_recurrent(ctx, sl, w, g_rows, dgh[parity ^ 1] + sl.d * B * GH, rows.count(st.time(k + 1)));
+      if (k < T - 1) add_recurrent(ctx, sl, sh, dgh[parity ^ 1] + sl.d * B * GH, rows.count(st.time(k + 1)));
       const int64_t compact = rows.first(t) * D;  // (t, 0)'s compact row, in units of one direction's width
       const Backward cell{engine::BackwardStep<scalar_t>{
           st, t, B, H, H, saved ? saved + sl.d * T * B * Cell::kSaved * H : nullptr, y + sl.d * H, gy + sl.d * H,
@@ -277,7 +347,7 @@ struct BackwardProgram {
       ctx.sync_grid();
     }
     // dL/dh0 = what bypasses W_hh at the first step + its gate gradients @ W_hh.
-    if (T > 0) add_recurrent(ctx, sl, w, g_rows, dgh[(T - 1) & 1] + sl.d * B * GH, rows.count(st.time(0)));
+    if (T > 0) add_recurrent(ctx, sl, sh, dgh[(T - 1) & 1] + sl.d * B * GH, rows.count(st.time(0)));
   }
 };
 
