@@ -64,9 +64,9 @@ struct EmulatedCtx {
   unsigned char* shared_;
   std::barrier<>* block_barrier;
   std::barrier<>* grid_barrier;
-  int64_t block() const { return block_; }
-  int64_t thread() const { return thread_; }
-  int64_t threads() const { return threads_; }
+  index_t block() const { return static_cast<index_t>(block_); }
+  index_t thread() const { return static_cast<index_t>(thread_); }
+  index_t threads() const { return static_cast<index_t>(threads_); }
   void sync_block() const { block_barrier->arrive_and_wait(); }
   void sync_grid() const { grid_barrier->arrive_and_wait(); }
   template <typename T>

@@ -30,27 +30,27 @@ extern __shared__ __align__(128) unsigned char persistent_shared[];
 // k_pad and n_pad are multiples of 16 (the plan pads them) and the operands start 32-byte aligned
 // (SharedTiles); A's padded columns and W's padded rows are zero (load_rows, the weight load).
 template <typename scalar_t>
-__device__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float* acc, int64_t rows,
+__device__ __forceinline__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float* acc, int64_t rows,
                                     const persistent::Product& pr) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using element = std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, __nv_bfloat16>;
   const element* a = reinterpret_cast<const element*>(A);  // at::Half, at::BFloat16: the same 16 bits
   const element* w = reinterpret_cast<const element*>(W);
-  const int64_t row_tiles = (rows + 15) / 16, col_tiles = pr.n_pad / 16;
-  for (int64_t tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += blockDim.x / 32) {
-    const int64_t tm = tile / col_tiles, tn = tile % col_tiles;
+  const unsigned k_pad = static_cast<unsigned>(pr.k_pad), n_pad = static_cast<unsigned>(pr.n_pad);
+  const unsigned row_tiles = (static_cast<unsigned>(rows) + 15) / 16, col_tiles = n_pad / 16;
+  for (unsigned tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += blockDim.x / 32) {
+    const unsigned tm = tile / col_tiles, tn = tile % col_tiles;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
     wmma::fill_fragment(c, 0.0f);
-    for (int64_t k = 0; k < pr.k_pad; k += 16) {
+    for (unsigned k = 0; k < k_pad; k += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, element, wmma::row_major> fa;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, element, wmma::row_major> fb;
-      wmma::load_matrix_sync(fa, a + tm * 16 * pr.k_pad + k, static_cast<unsigned>(pr.k_pad));
-      wmma::load_matrix_sync(fb, w + k * pr.n_pad + tn * 16, static_cast<unsigned>(pr.n_pad));
+      wmma::load_matrix_sync(fa, a + tm * 16 * k_pad + k, k_pad);
+      wmma::load_matrix_sync(fb, w + k * n_pad + tn * 16, n_pad);
       wmma::mma_sync(c, fa, fb, c);
     }
-    wmma::store_matrix_sync(acc + tm * 16 * pr.n_pad + tn * 16, c, static_cast<unsigned>(pr.n_pad),
-                            wmma::mem_row_major);
+    wmma::store_matrix_sync(acc + tm * 16 * n_pad + tn * 16, c, n_pad, wmma::mem_row_major);
   }
 #endif
 }
@@ -58,21 +58,21 @@ __device__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float*
 // fastrnn/persistent.h's Ctx on the GPU. Host-device so that the programs' host-device operator() can
 // call it; only the device instantiation is ever run (from persistent_kernel).
 struct CudaCtx {
-  FASTRNN_HOST_DEVICE int64_t block() const {
+  FASTRNN_HOST_DEVICE persistent::index_t block() const {
 #ifdef __CUDA_ARCH__
     return blockIdx.x;
 #else
     return 0;
 #endif
   }
-  FASTRNN_HOST_DEVICE int64_t thread() const {
+  FASTRNN_HOST_DEVICE persistent::index_t thread() const {
 #ifdef __CUDA_ARCH__
     return threadIdx.x;
 #else
     return 0;
 #endif
   }
-  FASTRNN_HOST_DEVICE int64_t threads() const {
+  FASTRNN_HOST_DEVICE persistent::index_t threads() const {
 #ifdef __CUDA_ARCH__
     return blockDim.x;
 #else

@@ -93,9 +93,11 @@ struct ForwardStep {
 template <typename scalar_t>
 struct LstmForwardFn {
   ForwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, GH = 4 * H, b = i / H, j = i % H;
+    const int64_t H = s.H, GH = 4 * H;
     const bool active = s.steps.active(s.t, b);
     if (!active) {
       s.inactive(b, j, 5);
@@ -116,9 +118,11 @@ struct LstmForwardFn {
 template <typename scalar_t>
 struct GruForwardFn {
   ForwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, GH = 3 * H, b = i / H, j = i % H;
+    const int64_t H = s.H, GH = 3 * H;
     const bool active = s.steps.active(s.t, b);
     if (!active) {
       s.inactive(b, j, 4);
@@ -140,9 +144,11 @@ struct GruForwardFn {
 template <bool kRelu, typename scalar_t>
 struct RnnForwardFn {
   ForwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, b = i / H, j = i % H;
+    const int64_t H = s.H;
     const bool active = s.steps.active(s.t, b);
     s.write_h(b, j, active, active ? cells::rnn_forward<kRelu, acc_t>(s.in(b, H, j) + s.rec(b, H, j)) : acc_t(0));
   }
@@ -232,9 +238,11 @@ struct BackwardStep {
 template <typename scalar_t>
 struct LstmBackwardFn {
   BackwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, b = i / H, j = i % H;
+    const int64_t H = s.H;
     if (!s.steps.active(s.t, b)) {
       s.inactive(b, j, 4);
       return;
@@ -255,9 +263,11 @@ struct LstmBackwardFn {
 template <typename scalar_t>
 struct GruBackwardFn {
   BackwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, b = i / H, j = i % H;
+    const int64_t H = s.H;
     if (!s.steps.active(s.t, b)) {
       s.inactive(b, j, 3);
       return;
@@ -277,9 +287,11 @@ struct GruBackwardFn {
 template <bool kRelu, typename scalar_t>
 struct RnnBackwardFn {
   BackwardStep<scalar_t> s;
-  FASTRNN_HOST_DEVICE void operator()(int64_t i) const {
+  FASTRNN_HOST_DEVICE void operator()(int64_t i) const { element(i / s.H, i % s.H); }
+  // Row b, unit j (the persistent kernel's blocks call this for the units they own).
+  FASTRNN_HOST_DEVICE void element(int64_t b, int64_t j) const {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t H = s.H, b = i / H, j = i % H;
+    const int64_t H = s.H;
     if (!s.steps.active(s.t, b)) {
       s.inactive(b, j, 1);
       return;

@@ -8,7 +8,7 @@
 // The block programs below are written once, over a context that says where they run:
 //
 //   struct Ctx {
-//     int64_t block() const, thread() const, threads() const;  // this block, this thread, threads per block
+//     index_t block() const, thread() const, threads() const;  // this block, this thread, threads per block
 //     void sync_block() const;  // every thread of this block (CUDA: __syncthreads)
 //     void sync_grid() const;   // every thread of every block (CUDA: cooperative_groups grid sync)
 //     template <typename T> T* shared() const;  // the block's shared memory
@@ -68,6 +68,10 @@ inline constexpr int64_t kThreadsPerBlock = 256;
 // padding (tile 1), so more of the weight fits on-chip.
 inline constexpr int64_t kMmaTile = 16;
 
+// Indices within one block's work: its tiles (within its shared memory), its rows x units (make_plan keeps
+// B * G * H under 2^31). 32 bits: on the GPU a 64-bit division is a called subroutine.
+using index_t = int32_t;
+
 FASTRNN_HOST_DEVICE inline int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 // A step's product in one block: acc [rows, n_pad] = A [rows, k_pad] @ W [k_pad, n_pad], A a chunk of
@@ -108,6 +112,10 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
   p.acc_bytes = element_bytes == 8 ? 8 : 4;  // at::opmath_type: double for double, else float
   if (s.proj) {
     p.why = "proj_size is not supported by the persistent kernel (the stepwise path runs it)";
+    return p;
+  }
+  if (s.B * G * s.H >= (int64_t{1} << 31)) {
+    p.why = "B * G * H = " + std::to_string(s.B * G * s.H) + " is 2^31 or more (the kernel's indices are 32-bit)";
     return p;
   }
   const int64_t max_blocks = dev.multiprocessors / s.D;
@@ -154,11 +162,12 @@ template <typename Ctx, typename scalar_t>
 FASTRNN_HOST_DEVICE void block_product(const Ctx& ctx, const scalar_t* A, const scalar_t* W,
                                        at::opmath_type<scalar_t>* acc, int64_t rows, const Product& pr) {
   using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t i = ctx.thread(); i < rows * pr.n_pad; i += ctx.threads()) {
-    const int64_t r = i / pr.n_pad, n = i % pr.n_pad;
+  const index_t n_pad = static_cast<index_t>(pr.n_pad), k_pad = static_cast<index_t>(pr.k_pad);
+  for (index_t i = ctx.thread(); i < static_cast<index_t>(rows) * n_pad; i += ctx.threads()) {
+    const index_t r = i / n_pad, n = i % n_pad;
     acc_t sum = 0;
-    for (int64_t k = 0; k < pr.k_pad; ++k) {
-      sum += static_cast<acc_t>(A[r * pr.k_pad + k]) * static_cast<acc_t>(W[k * pr.n_pad + n]);
+    for (index_t k = 0; k < k_pad; ++k) {
+      sum += static_cast<acc_t>(A[r * k_pad + k]) * static_cast<acc_t>(W[k * n_pad + n]);
     }
     acc[i] = sum;
   }
@@ -181,7 +190,8 @@ struct Slice {
   int64_t d, j0, units;
   template <typename Ctx>
   FASTRNN_HOST_DEVICE static Slice of(const Ctx& ctx, int64_t blocks_per_direction, int64_t U, int64_t H) {
-    const int64_t d = ctx.block() / blocks_per_direction, j0 = (ctx.block() % blocks_per_direction) * U;
+    const index_t per_direction = static_cast<index_t>(blocks_per_direction);
+    const int64_t d = ctx.block() / per_direction, j0 = static_cast<int64_t>(ctx.block() % per_direction) * U;
     return {d, j0, j0 < H ? (H - j0 < U ? H - j0 : U) : 0};
   }
 };
@@ -208,8 +218,8 @@ struct SharedTiles {
 template <typename Ctx, typename scalar_t>
 FASTRNN_HOST_DEVICE void load_rows(const Ctx& ctx, scalar_t* a, const scalar_t* src, int64_t rows, int64_t K,
                                    int64_t k_pad) {
-  for (int64_t i = ctx.thread(); i < rows * k_pad; i += ctx.threads()) {
-    const int64_t r = i / k_pad, k = i % k_pad;
+  for (index_t i = ctx.thread(); i < static_cast<index_t>(rows * k_pad); i += ctx.threads()) {
+    const index_t r = i / static_cast<index_t>(k_pad), k = i % static_cast<index_t>(k_pad);
     a[i] = k < K ? src[r * K + k] : scalar_t(0);
   }
 }
@@ -237,8 +247,9 @@ struct ForwardProgram {
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
     const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
     // w[p, q*U + u] = W_hh[q*H + j0 + u, p]; zero where p >= H or u >= the block's units.
-    for (int64_t i = ctx.thread(); i < product.k_pad * product.n_pad; i += ctx.threads()) {
-      const int64_t p = i / product.n_pad, n = i % product.n_pad, q = n / U, u = n % U;
+    const index_t n_pad = static_cast<index_t>(product.n_pad), units = static_cast<index_t>(sl.units);
+    for (index_t i = ctx.thread(); i < static_cast<index_t>(product.k_pad) * n_pad; i += ctx.threads()) {
+      const index_t p = i / n_pad, n = i % n_pad, q = n / static_cast<index_t>(U), u = n % static_cast<index_t>(U);
       sh.w[i] = p < H && q < G && u < sl.units ? w_hh[(sl.d * GH + q * H + sl.j0 + u) * H + p] : scalar_t(0);
     }
     ctx.sync_block();
@@ -257,20 +268,21 @@ struct ForwardProgram {
         ctx.sync_block();
         ctx.product(sh.a, sh.w, sh.acc, chunk, product);
         ctx.sync_block();
-        for (int64_t i = ctx.thread(); i < chunk * sl.units; i += ctx.threads()) {
-          const int64_t r = i / sl.units, u = i % sl.units, b = b0 + r, j = sl.j0 + u;
+        for (index_t i = ctx.thread(); i < static_cast<index_t>(chunk) * units; i += ctx.threads()) {
+          const index_t r = i / units, u = i % units;
+          const int64_t b = b0 + r, j = sl.j0 + u;
           if (st.active(t, b)) {
             for (int64_t q = 0; q < G; ++q) {
               hg_d[b * GH + q * H + j] = static_cast<scalar_t>(sh.acc[r * product.n_pad + q * U + u]);
             }
           }
-          cell(b * H + j);
+          cell.element(b, j);
         }
         ctx.sync_block();  // before the next chunk overwrites the rows and the product
       }
       // Rows past the step's running ones: their state carries into the other buffer, y is zero.
-      for (int64_t i = ctx.thread(); i < (B - n) * sl.units; i += ctx.threads()) {
-        cell((n + i / sl.units) * H + sl.j0 + i % sl.units);
+      for (index_t i = ctx.thread(); i < static_cast<index_t>(B - n) * units; i += ctx.threads()) {
+        cell.element(n + i / units, sl.j0 + i % units);
       }
       ctx.sync_grid();
     }
@@ -309,8 +321,9 @@ struct BackwardProgram {
       ctx.sync_block();
       ctx.product(sh.a, sh.w, sh.acc, chunk, product);
       ctx.sync_block();
-      for (int64_t i = ctx.thread(); i < chunk * sl.units; i += ctx.threads()) {
-        const int64_t r = i / sl.units, u = i % sl.units;
+      const index_t units = static_cast<index_t>(sl.units);
+      for (index_t i = ctx.thread(); i < static_cast<index_t>(chunk) * units; i += ctx.threads()) {
+        const index_t r = i / units, u = i % units;
         scalar_t& d = dh[(sl.d * B + b0 + r) * H + sl.j0 + u];
         d = static_cast<scalar_t>(static_cast<acc_t>(d) + sh.acc[r * product.n_pad + u]);
       }
@@ -324,8 +337,9 @@ struct BackwardProgram {
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
     const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
     // w[col, u] = W_hh[col, j0 + u] (W_hh^T's rows of the owned units); zero where col >= G*H or u >= units.
-    for (int64_t i = ctx.thread(); i < product.k_pad * product.n_pad; i += ctx.threads()) {
-      const int64_t col = i / product.n_pad, u = i % product.n_pad;
+    const index_t n_pad = static_cast<index_t>(product.n_pad), units = static_cast<index_t>(sl.units);
+    for (index_t i = ctx.thread(); i < static_cast<index_t>(product.k_pad) * n_pad; i += ctx.threads()) {
+      const index_t col = i / n_pad, u = i % n_pad;
       sh.w[i] = col < GH && u < sl.units ? w_hh[(sl.d * GH + col) * H + sl.j0 + u] : scalar_t(0);
     }
     ctx.sync_block();
@@ -341,8 +355,8 @@ struct BackwardProgram {
           dgh[parity] + sl.d * B * GH, dgh_all ? dgh_all + (compact + sl.d) * GH : nullptr, nullptr, D * H}};
       // Every row: a row past the step's running ones writes zero gate gradients (the next step's product
       // then adds nothing for it) and keeps its dL/dh.
-      for (int64_t i = ctx.thread(); i < B * sl.units; i += ctx.threads()) {
-        cell((i / sl.units) * H + sl.j0 + i % sl.units);
+      for (index_t i = ctx.thread(); i < static_cast<index_t>(B) * units; i += ctx.threads()) {
+        cell.element(i / units, sl.j0 + i % units);
       }
       ctx.sync_grid();
     }
