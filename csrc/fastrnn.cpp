@@ -320,18 +320,19 @@ PYBIND11_MODULE(_C, module) {
              pybind11::call_guard<pybind11::gil_scoped_release>());
   // The device the persistent kernel's CPU emulation plans for (tests/test_persistent.py); returns the
   // limits before, as (multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk,
-  // tile).
+  // tile, max_k_chunk, k_splits): fastrnn/persistent.h DeviceLimits.
   module.def(
       "set_persistent_emulation",
       [](int64_t multiprocessors, int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t max_row_chunk,
-         int64_t tile) {
+         int64_t tile, int64_t max_k_chunk, int64_t k_splits) {
         const auto before = fastrnn::persistent::set_emulated_device(
-            {multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile});
+            {multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile, max_k_chunk, k_splits});
         return std::make_tuple(before.multiprocessors, before.shared_bytes_per_block, before.threads_per_block,
-                               before.max_row_chunk, before.tile);
+                               before.max_row_chunk, before.tile, before.max_k_chunk, before.k_splits);
       },
       pybind11::arg("multiprocessors"), pybind11::arg("shared_bytes_per_block"), pybind11::arg("threads_per_block"),
-      pybind11::arg("max_row_chunk") = 32, pybind11::arg("tile") = 0);
+      pybind11::arg("max_row_chunk") = 32, pybind11::arg("tile") = 0, pybind11::arg("max_k_chunk") = 0,
+      pybind11::arg("k_splits") = 0);
   module.def("plain_cell", &fastrnn::plain_cell);
   module.def("one_direction_layer", &fastrnn::one_direction_layer);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
@@ -370,10 +371,13 @@ PYBIND11_MODULE(_C, module) {
         d["threads_per_block"] = p.threads_per_block;
         d["row_chunk"] = p.row_chunk;
         d["tile"] = p.forward.tile;
-        d["forward_k_pad"] = p.forward.k_pad;
-        d["forward_n_pad"] = p.forward.n_pad;
-        d["backward_k_pad"] = p.backward.k_pad;
-        d["backward_n_pad"] = p.backward.n_pad;
+        for (const auto& [name, pr] : {std::pair{"forward", p.forward}, std::pair{"backward", p.backward}}) {
+          const std::string n(name);
+          d[(n + "_k_pad").c_str()] = pr.k_pad;
+          d[(n + "_n_pad").c_str()] = pr.n_pad;
+          d[(n + "_k_chunk").c_str()] = pr.k_chunk;
+          d[(n + "_k_splits").c_str()] = pr.k_splits;
+        }
         d["forward_shared_bytes"] = p.fits ? p.forward_shared_bytes() : 0;
         d["backward_shared_bytes"] = p.fits ? p.backward_shared_bytes() : 0;
         return d;

@@ -54,6 +54,27 @@ def _ieee_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.fixture(params=["stepwise", "persistent"])
+def cuda_path(request, monkeypatch):
+    """Both CUDA time loops (csrc/include/fastrnn/cuda_path.h): auto's (stepwise) and the persistent kernel,
+    forced (it has not run on a GPU before the first of these runs; tests/test_persistent.py checks its block
+    programs on the CPU)."""
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", request.param)
+    return request.param
+
+
+def refused_by_the_path(cell, cuda_path):
+    """The persistent kernel does not take proj_size: forced, a call must refuse with a clear error (True:
+    the test has checked that and ends there)."""
+    if cuda_path != "persistent" or not CELL_KINDS[cell].proj_size:
+        return False
+    module = fastrnn.LSTM(4, 6, proj_size=3, device="cuda")
+    with pytest.raises(RuntimeError, match="FASTRNN_CUDA_PATH=persistent, but the persistent kernel cannot run this "
+                                           "call: proj_size is not supported"):
+        module(torch.randn(3, 2, 4, device="cuda"))
+    return True
+
+
 CUDA_CASES = [
     InputCase("padded", T=5, B=3, hx=True),
     InputCase("padded", T=1, B=1, batch_first=True, hx=False, layout="slice"),
@@ -67,14 +88,18 @@ CUDA_CASES = [
 @pytest.mark.parametrize("num_layers,bidirectional,bias", [(1, False, True), (2, True, False)],
                          ids=["L1-uni-bias", "L2-bi-nobias"])
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_parity_float32_vs_torch_nn(cell, num_layers, bidirectional, bias, case):
+def test_cuda_parity_float32_vs_torch_nn(cell, num_layers, bidirectional, bias, case, cuda_path):
+    if refused_by_the_path(cell, cuda_path):
+        return
     check_layer_parity(cell, num_layers, bidirectional, bias, case, torch.float32, device="cuda")
 
 
 @pytest.mark.parametrize("case", CUDA_CASES[::2], ids=[c.id for c in CUDA_CASES[::2]])
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_matches_cpu_float64(cell, case):
+def test_cuda_matches_cpu_float64(cell, case, cuda_path):
     """fastrnn on CUDA equals fastrnn on the CPU (the tested kernels) in float64, tightly."""
+    if refused_by_the_path(cell, cuda_path):
+        return
     kind = CELL_KINDS[cell]
     module = init_parameters(kind.fastrnn_cls(5, 7, num_layers=2, bidirectional=True, batch_first=case.batch_first,
                                               dtype=torch.float64, **dict(kind.kwargs)), seed=0)
@@ -87,8 +112,10 @@ def test_cuda_matches_cpu_float64(cell, case):
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed_unsorted"])
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_gradcheck_float64(cell, packed):
+def test_cuda_gradcheck_float64(cell, packed, cuda_path):
     """gradcheck through the whole layer on CUDA w.r.t. the input, h0 (and c0) and every parameter."""
+    if refused_by_the_path(cell, cuda_path):
+        return
     kind = CELL_KINDS[cell]
     H = 4
     module = kind.fastrnn_cls(3, H, num_layers=2, bidirectional=True, device="cuda", dtype=torch.float64,
@@ -118,8 +145,10 @@ def test_cuda_gradcheck_float64(cell, packed):
 
 
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_debug_poison(cell, monkeypatch):
+def test_cuda_debug_poison(cell, monkeypatch, cuda_path):
     """With FASTRNN_DEBUG=1 (outputs poisoned with NaN before kernels run), no NaN survives."""
+    if refused_by_the_path(cell, cuda_path):
+        return
     monkeypatch.setenv("FASTRNN_DEBUG", "1")
     kind = CELL_KINDS[cell]
     module = kind.fastrnn_cls(4, 7, num_layers=2, bidirectional=True, device="cuda", **dict(kind.kwargs))
@@ -153,9 +182,11 @@ def _forward_backward(module, x):
 
 
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_graph_capture_and_replay(cell):
+def test_cuda_graph_capture_and_replay(cell, cuda_path):
     """The whole forward and backward captured in a CUDA graph (no host sync, no allocation the graph
     cannot own), replayed on two new inputs, equals eager execution computed before the capture."""
+    if refused_by_the_path(cell, cuda_path):
+        return
     module, x = _module_and_input(cell)
     inputs = [torch.randn_like(x), torch.randn_like(x)]
     want = [_forward_backward(module, xi) for xi in inputs]  # eager: make_graphed_callables replaces forward
@@ -198,9 +229,11 @@ def test_cuda_results_do_not_depend_on_the_stream(cell):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("cell", list(CELL_KINDS))
-def test_cuda_low_precision_vs_torch_nn(cell, dtype):
+def test_cuda_low_precision_vs_torch_nn(cell, dtype, cuda_path):
     """float16/bfloat16 on CUDA: fastrnn's error against float64 at most about twice torch.nn's (cuDNN)
     own error in that dtype (conftest.assert_low_precision_close, the project's rule for half types)."""
+    if refused_by_the_path(cell, cuda_path):
+        return
     kind = CELL_KINDS[cell]
     case = CUDA_CASES[0]
     ref64, twin64 = make_pair(kind, 5, 7, num_layers=2, bidirectional=True, dtype=torch.float64, device="cuda")
@@ -319,7 +352,9 @@ def test_cuda_path_env_is_honoured(monkeypatch):
     """FASTRNN_CUDA_PATH reaches every CUDA call: a bad value is a clear error there, a valid one runs."""
     module, x = _module_and_input("lstm")
     monkeypatch.setenv("FASTRNN_CUDA_PATH", "stepwise")
-    module(x)
+    stepwise = module(x)[0]
+    monkeypatch.setenv("FASTRNN_CUDA_PATH", "persistent")
+    torch.testing.assert_close(module(x)[0], stepwise, **tol(torch.float32))
     monkeypatch.setenv("FASTRNN_CUDA_PATH", "fastest")
     with pytest.raises(RuntimeError, match="FASTRNN_CUDA_PATH must be one of auto, stepwise, persistent .* got 'fastest'"):
         module(x)

@@ -34,21 +34,26 @@ def emulated(monkeypatch):
     monkeypatch.setenv("FASTRNN_DEBUG", "1")
     before = _C.set_persistent_emulation(4, 1 << 20, 2)
 
-    def set_device(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk=32, tile=0):
-        _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile)
+    def set_device(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk=32, tile=0,
+                   max_k_chunk=0, k_splits=0):
+        _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile,
+                                    max_k_chunk, k_splits)
 
     yield set_device
     _C.set_persistent_emulation(*before)
 
 
-# (multiprocessors, threads per block, rows per chunk, tile): with H = 5, 4 multiprocessors give one direction
-# 3 blocks of 2, 2, 1 units and each of two directions 2 blocks of 3, 2; 6 give 5 blocks of 1 unit, or 3 of
-# 2, 2, 1 per direction. Chunks of 2 rows: B = 5 rows load as 2, 2, 1 (fewer as lengths end). Tile 16: the
-# zero-padded tiles that half and bfloat16 multiply on the tensor cores (here in float, by block_product).
+# (multiprocessors, threads per block, rows per chunk, tile, columns per chunk, K splits): with H = 5, 4
+# multiprocessors give one direction 3 blocks of 2, 2, 1 units and each of two directions 2 blocks of 3, 2; 6
+# give 5 blocks of 1 unit, or 3 of 2, 2, 1 per direction. Chunks of 2 rows: B = 5 rows load as 2, 2, 1 (fewer
+# as lengths end). Tile 16: the zero-padded tiles that half and bfloat16 multiply on the tensor cores (here in
+# float, by block_product). Columns per chunk and K splits: the state loaded a few columns at a time (K = H =
+# 5 as 2, 2, 1; backward's K = G*H by 16s when tiled) and each chunk's product summed from partial sums (with
+# 3 splits of 2 columns some splits are short or empty).
 DEVICES = {
-    "4sm-2threads-tile16": (4, 2, 32, 16),
-    "6sm-3threads-rowchunks": (6, 3, 2, 0),
-    "4sm-1thread-rowchunks-tile16": (4, 1, 2, 16),
+    "4sm-2threads-tile16": (4, 2, 32, 16, 0, 0),
+    "6sm-3threads-rowchunks-kchunks-splits": (6, 3, 2, 0, 2, 3),
+    "4sm-1thread-rowchunks-tile16-kchunks-splits": (4, 1, 2, 16, 16, 2),
 }
 
 
@@ -58,8 +63,7 @@ DEVICES = {
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_persistent_kernel_matches_cpu_kernels(device, cell, D, lengths, dtype, emulated):
-    multiprocessors, threads, row_chunk, tile = DEVICES[device]
-    emulated(multiprocessors, 1 << 20, threads, row_chunk, tile)
+    emulated(DEVICES[device][0], 1 << 20, *DEVICES[device][1:])
     _check_engine_against_kernels(cell, D, True, False, ROW_LENGTHS.get(lengths), dtype, T=T, B=B, H=H,
                                   namespace="fastrnn_persistent_test")
 
@@ -148,7 +152,7 @@ def test_persistent_kernel_says_why_a_call_cannot_run(emulated):
     args = make_args("lstm", 1, requires_grad=False, T=3, B=2, H=5)
     with pytest.raises(RuntimeError, match=r"persistent kernel cannot run this call: the recurrent weight's slice "
                                            r"\(4 x 2 x 5 elements of 8 bytes per block, 3 blocks per direction\) "
-                                           r"and a tile of rows need 496 bytes of shared memory, more than the 100 "
+                                           r"and the smallest tiles of rows need \d+ bytes of shared memory, more than the 100 "
                                            r"a block can have"):
         torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
     emulated(3, 1 << 20, 2)
@@ -156,7 +160,7 @@ def test_persistent_kernel_says_why_a_call_cannot_run(emulated):
     with pytest.raises(RuntimeError, match="proj_size is not supported by the persistent kernel"):
         torch.ops.fastrnn_persistent_test.lstm_layer(*args.values(), False)
     with pytest.raises(RuntimeError, match="every limit must be at least 1 but got multiprocessors=0"):
-        _C.set_persistent_emulation(0, 100, 1, 1, 0)
+        _C.set_persistent_emulation(0, 100, 1, 1, 0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- the plan and the path choice
@@ -177,23 +181,27 @@ def test_plan_keeps_every_block_resident_and_within_shared_memory(cell, dtype, D
     tile = lambda n: -(-n // t) * t  # noqa: E731
     acc = 4
     assert plan["tile"] == t
-    U = plan["units_per_block"] if plan["fits"] else -(-Hn // (132 // D))
-
-    def shared(rows, k, n):
-        return (tile(k) * tile(n) + tile(rows) * tile(k)) * element + tile(rows) * tile(n) * acc
-
-    if not plan["fits"]:  # not even one row (one tile of rows) fits beside the weight slice
-        assert max(shared(1, Hn, G * U), shared(1, G * Hn, U)) > H100["shared_bytes_per_block"]
+    if not plan["fits"]:  # not even the smallest tiles fit beside the weight slice
+        U = -(-Hn // (132 // D))
+        smallest = [(tile(k) * tile(n) + tile(1) * min(tile(k), 16)) * element + 2 * tile(1) * tile(n) * acc
+                     for k, n in ((Hn, G * U), (G * Hn, U))]
+        assert max(smallest) > H100["shared_bytes_per_block"]
         assert "shared memory, more than the 232448 a block can have" in plan["why"]
         return
+    U = plan["units_per_block"]
     assert plan["blocks"] <= H100["multiprocessors"] and plan["blocks"] == D * plan["blocks_per_direction"]
     assert (plan["blocks_per_direction"] - 1) * U < Hn <= plan["blocks_per_direction"] * U
     assert 1 <= plan["row_chunk"] <= min(Bn, 32)
-    assert (plan["forward_k_pad"], plan["forward_n_pad"]) == (tile(Hn), tile(G * U))
-    assert (plan["backward_k_pad"], plan["backward_n_pad"]) == (tile(G * Hn), tile(U))
-    assert plan["forward_shared_bytes"] == shared(plan["row_chunk"], Hn, G * U)
-    assert plan["backward_shared_bytes"] == shared(plan["row_chunk"], G * Hn, U)
-    assert max(plan["forward_shared_bytes"], plan["backward_shared_bytes"]) <= H100["shared_bytes_per_block"]
+    rows = tile(plan["row_chunk"])
+    for pass_, (K, N) in (("forward", (Hn, G * U)), ("backward", (G * Hn, U))):
+        k_pad, n_pad, chunk, splits = (plan[f"{pass_}_{x}"] for x in ("k_pad", "n_pad", "k_chunk", "k_splits"))
+        assert (k_pad, n_pad) == (tile(K), tile(N))
+        assert chunk % t == 0 and 0 < chunk <= k_pad and splits >= 1
+        if element == 2:  # no more splits than warps left idle by the output tiles, none shorter than one MMA
+            assert splits <= max(1, 8 // ((rows // 16) * (n_pad // 16))) and (splits == 1 or chunk // splits >= 16)
+        assert plan[f"{pass_}_shared_bytes"] == \
+            (k_pad * n_pad + rows * chunk) * element + (1 + splits) * rows * n_pad * acc
+        assert plan[f"{pass_}_shared_bytes"] <= H100["shared_bytes_per_block"]
 
 
 def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
@@ -201,8 +209,9 @@ def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
     assert anchor["fits"] and anchor["blocks"] == 128 and anchor["units_per_block"] == 6
     big = _C.persistent_plan(D=2, B=64, H=1024, P=1024, G=4, dtype="float32", **H100)
     assert not big["fits"], big  # 2 directions x 16 MiB of fp32 weights > 132 x 227 KiB
-    one_direction = _C.persistent_plan(D=1, B=64, H=1024, P=1024, G=4, dtype="float32", **H100)
-    assert one_direction["fits"] and one_direction["row_chunk"] < 32, one_direction  # fewer rows per chunk
+    one_direction = _C.persistent_plan(D=1, B=64, H=1024, P=1024, G=4, dtype="bfloat16", **H100)
+    # backward's rows of 4H gate gradients are loaded a part of their columns at a time
+    assert one_direction["fits"] and one_direction["backward_k_chunk"] < 4096, one_direction
 
 
 def test_cuda_path_choice_and_override(monkeypatch):

@@ -33,7 +33,7 @@ std::mutex& emulated_mutex() {
   return m;
 }
 DeviceLimits& emulated() {
-  static DeviceLimits limits{4, 48 * 1024, 2, 32, 0};
+  static DeviceLimits limits{4, 48 * 1024, 2, 32, 0, 0, 0};
   return limits;
 }
 }  // namespace
@@ -45,11 +45,12 @@ DeviceLimits emulated_device() {
 
 DeviceLimits set_emulated_device(const DeviceLimits& limits) {
   TORCH_CHECK(limits.multiprocessors >= 1 && limits.shared_bytes_per_block >= 1 && limits.threads_per_block >= 1 &&
-                  limits.max_row_chunk >= 1 && limits.tile >= 0,
+                  limits.max_row_chunk >= 1 && limits.tile >= 0 && limits.max_k_chunk >= 0 && limits.k_splits >= 0,
               "set_persistent_emulation: every limit must be at least 1 but got multiprocessors=",
               limits.multiprocessors, ", shared_bytes_per_block=", limits.shared_bytes_per_block,
               ", threads_per_block=", limits.threads_per_block, ", max_row_chunk=", limits.max_row_chunk,
-              " (tile=", limits.tile, ": 0 or more)");
+              " (tile=", limits.tile, ", max_k_chunk=", limits.max_k_chunk, ", k_splits=", limits.k_splits,
+              ": 0 or more)");
   std::lock_guard<std::mutex> lock(emulated_mutex());
   const DeviceLimits before = emulated();
   emulated() = limits;
@@ -74,8 +75,9 @@ struct EmulatedCtx {
     return reinterpret_cast<T*>(shared_);
   }
   template <typename T>
-  void product(const T* A, const T* W, at::opmath_type<T>* acc, int64_t rows, const Product& pr) const {
-    block_product(*this, A, W, acc, rows, pr);
+  void product(const T* A, const T* W, at::opmath_type<T>* partial, int64_t rows, const Product& pr, int64_t k0,
+               int64_t kc) const {
+    block_product(*this, A, W, partial, rows, pr, k0, kc);
   }
 };
 

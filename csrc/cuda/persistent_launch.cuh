@@ -23,34 +23,39 @@ namespace cuda {
 // (persistent::SharedTiles keeps each region's start a multiple of 512 bytes from here).
 extern __shared__ __align__(128) unsigned char persistent_shared[];
 
-// The step's product on the tensor cores, for half and bfloat16 (fp32 accumulation): the contract of
-// persistent::block_product, which the CPU emulation runs instead over the same padded tiles. Each warp
-// takes 16 x 16 tiles of acc in turn and runs the whole padded K for it; rows past `rows` up to the next
-// tile are computed too (from whatever the row tile holds there) and never read. What it relies on:
-// k_pad and n_pad are multiples of 16 (the plan pads them) and the operands start 32-byte aligned
-// (SharedTiles); A's padded columns and W's padded rows are zero (load_rows, the weight load).
+// A chunk of the step's product on the tensor cores, for half and bfloat16 (fp32 accumulation): the
+// contract of persistent::block_product, which the CPU emulation runs instead over the same padded tiles.
+// The warps take (16 x 16 tile of the output, split of the chunk's columns) pairs in turn; each runs its
+// split's 16-deep MMA steps and stores its partial tile (zeros for a split with no columns left). Rows past
+// `rows` up to the next tile are computed too (from whatever the row tile holds there) and never read.
+// What it relies on: k_pad, n_pad, k_chunk and split_len are multiples of 16 (the plan pads them), the
+// operands start 32-byte aligned (SharedTiles), A's padded columns and W's padded rows are zero.
 template <typename scalar_t>
-__device__ __forceinline__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float* acc, int64_t rows,
-                                    const persistent::Product& pr) {
+__device__ __forceinline__ void tensor_core_product(const scalar_t* A, const scalar_t* W, float* partial,
+                                                    int64_t rows, const persistent::Product& pr, int64_t k0,
+                                                    int64_t kc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using element = std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, __nv_bfloat16>;
   const element* a = reinterpret_cast<const element*>(A);  // at::Half, at::BFloat16: the same 16 bits
-  const element* w = reinterpret_cast<const element*>(W);
-  const unsigned k_pad = static_cast<unsigned>(pr.k_pad), n_pad = static_cast<unsigned>(pr.n_pad);
+  const element* w = reinterpret_cast<const element*>(W) + k0 * pr.n_pad;
+  const unsigned k_chunk = static_cast<unsigned>(pr.k_chunk), n_pad = static_cast<unsigned>(pr.n_pad);
+  const unsigned splits = static_cast<unsigned>(pr.k_splits), len = static_cast<unsigned>(pr.split_len(kc));
+  const unsigned k_end = static_cast<unsigned>(kc), slice = static_cast<unsigned>(pr.slice());
   const unsigned row_tiles = (static_cast<unsigned>(rows) + 15) / 16, col_tiles = n_pad / 16;
-  for (unsigned tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += blockDim.x / 32) {
-    const unsigned tm = tile / col_tiles, tn = tile % col_tiles;
+  for (unsigned job = threadIdx.x / 32; job < row_tiles * col_tiles * splits; job += blockDim.x / 32) {
+    const unsigned split = job % splits, tile = job / splits, tm = tile / col_tiles, tn = tile % col_tiles;
+    const unsigned begin = split * len, end = begin + len < k_end ? begin + len : k_end;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
     wmma::fill_fragment(c, 0.0f);
-    for (unsigned k = 0; k < k_pad; k += 16) {
+    for (unsigned k = begin; k < end; k += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, element, wmma::row_major> fa;
       wmma::fragment<wmma::matrix_b, 16, 16, 16, element, wmma::row_major> fb;
-      wmma::load_matrix_sync(fa, a + tm * 16 * k_pad + k, k_pad);
+      wmma::load_matrix_sync(fa, a + tm * 16 * k_chunk + k, k_chunk);
       wmma::load_matrix_sync(fb, w + k * n_pad + tn * 16, n_pad);
       wmma::mma_sync(c, fa, fb, c);
     }
-    wmma::store_matrix_sync(acc + tm * 16 * n_pad + tn * 16, c, n_pad, wmma::mem_row_major);
+    wmma::store_matrix_sync(partial + split * slice + tm * 16 * n_pad + tn * 16, c, n_pad, wmma::mem_row_major);
   }
 #endif
 }
@@ -106,17 +111,17 @@ struct CudaCtx {
   // Tensor cores for half and bfloat16 from sm_80 (wmma's bfloat16 needs it; one rule for both); CUDA cores
   // (persistent::block_product) otherwise. TF32 for float is not used yet.
   template <typename T>
-  FASTRNN_HOST_DEVICE void product(const T* A, const T* W, at::opmath_type<T>* acc, int64_t rows,
-                                   const persistent::Product& pr) const {
+  FASTRNN_HOST_DEVICE void product(const T* A, const T* W, at::opmath_type<T>* partial, int64_t rows,
+                                   const persistent::Product& pr, int64_t k0, int64_t kc) const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
       if (pr.tile == persistent::kMmaTile) {  // always, from make_plan for 2-byte elements
-        tensor_core_product(A, W, acc, rows, pr);
+        tensor_core_product(A, W, partial, rows, pr, k0, kc);
         return;
       }
     }
 #endif
-    persistent::block_product(*this, A, W, acc, rows, pr);
+    persistent::block_product(*this, A, W, partial, rows, pr, k0, kc);
   }
 };
 

@@ -12,10 +12,10 @@
 //     void sync_block() const;  // every thread of this block (CUDA: __syncthreads)
 //     void sync_grid() const;   // every thread of every block (CUDA: cooperative_groups grid sync)
 //     template <typename T> T* shared() const;  // the block's shared memory
-//     // The step's product (block_product's contract): the tensor cores for half/bfloat16 on CUDA,
-//     // block_product itself elsewhere (and always in the emulation).
-//     template <typename T> void product(const T* A, const T* W, at::opmath_type<T>* acc, int64_t rows,
-//                                        const Product& pr) const;
+//     // A chunk of the step's product (block_product's contract): the tensor cores for half/bfloat16 on
+//     // CUDA, block_product itself elsewhere (and always in the emulation).
+//     template <typename T> void product(const T* A, const T* W, at::opmath_type<T>* partial, int64_t rows,
+//                                        const Product& pr, int64_t k0, int64_t kc) const;
 //   };
 //
 // CUDA runs them from csrc/cuda/persistent.cu; the CPU emulation (csrc/cpu/persistent_emulation.cpp,
@@ -57,6 +57,8 @@ struct DeviceLimits {
   int64_t threads_per_block;       // the program's block size
   int64_t max_row_chunk = 32;      // the most rows of the state a block loads at a time (tests make it small)
   int64_t tile = 0;                // float/double tiles' edge (Product::tile); 0: 1 (tests force 16)
+  int64_t max_k_chunk = 0;         // the most columns of rows loaded at a time; 0: all (tests make it small)
+  int64_t k_splits = 0;            // Product::k_splits; 0: chosen by the plan (tests force more)
 };
 
 // Threads per block of the CUDA kernel: 8 warps, enough to hide shared-memory latency, and warps for
@@ -78,11 +80,19 @@ FASTRNN_HOST_DEVICE inline int64_t round_up(int64_t n, int64_t to) { return (n +
 // rows of the state (forward: h, K = H; backward: the gate gradients, K = G*H), W the block's on-chip
 // weight slice (forward: N = G*U gate columns; backward: N = U units); k_pad, n_pad and the rows' tile
 // are K, N and the chunk's rows rounded up to `tile`.
+//
+// A is loaded k_chunk columns at a time (so a wide K, backward's 4H, needs no tile of whole rows), and
+// each chunk's product is split along K into k_splits partial sums (so that more warps work on a few
+// output tiles: a tile's MMA chain is k / 16 steps long), which block_sum then adds into acc.
 struct Product {
-  int64_t k_pad = 0, n_pad = 0, tile = 1;
-  FASTRNN_HOST_DEVICE int64_t row_tile(int64_t rows) const { return round_up(rows, tile); }
-  int64_t shared_bytes(int64_t row_chunk, int64_t element_bytes, int64_t acc_bytes) const {
-    return (k_pad * n_pad + row_tile(row_chunk) * k_pad) * element_bytes + row_tile(row_chunk) * n_pad * acc_bytes;
+  int64_t k_pad = 0, n_pad = 0, tile = 1, k_chunk = 0, k_splits = 1;
+  int64_t row_tile_rows = 0;  // the rows of the tiles of A, acc and each partial sum: the row chunk, rounded up
+  FASTRNN_HOST_DEVICE int64_t slice() const { return row_tile_rows * n_pad; }  // one partial sum's elements
+  // Columns [k0, k0 + k_chunk_at(k0)) form the chunk starting at k0; each split takes split_len of them.
+  FASTRNN_HOST_DEVICE int64_t k_chunk_at(int64_t k0) const { return k_pad - k0 < k_chunk ? k_pad - k0 : k_chunk; }
+  FASTRNN_HOST_DEVICE int64_t split_len(int64_t kc) const { return round_up((kc + k_splits - 1) / k_splits, tile); }
+  int64_t shared_bytes(int64_t element_bytes, int64_t acc_bytes) const {
+    return (k_pad * n_pad + row_tile_rows * k_chunk) * element_bytes + (1 + k_splits) * slice() * acc_bytes;
   }
 };
 
@@ -102,8 +112,8 @@ struct Plan {
   int64_t element_bytes = 0, acc_bytes = 0;
   Product forward, backward;
   int64_t blocks() const { return D * blocks_per_direction; }
-  int64_t forward_shared_bytes() const { return forward.shared_bytes(row_chunk, element_bytes, acc_bytes); }
-  int64_t backward_shared_bytes() const { return backward.shared_bytes(row_chunk, element_bytes, acc_bytes); }
+  int64_t forward_shared_bytes() const { return forward.shared_bytes(element_bytes, acc_bytes); }
+  int64_t backward_shared_bytes() const { return backward.shared_bytes(element_bytes, acc_bytes); }
 };
 
 inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, const DeviceLimits& dev) {
@@ -129,12 +139,33 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
   p.units_per_block = U;
   p.blocks_per_direction = (s.H + U - 1) / U;
   const int64_t tile = element_bytes == 2 ? kMmaTile : (dev.tile > 0 ? dev.tile : 1);
-  p.forward = {round_up(s.H, tile), round_up(G * U, tile), tile};
-  p.backward = {round_up(G * s.H, tile), round_up(U, tile), tile};
+  // Each product's chunks and splits for a row chunk of `rows`: the whole K at once where it fits, else
+  // halved (in whole tiles); then as many K splits as leave no warp (thread, on CUDA cores) idle, each at
+  // least one 16-deep step (32 FMAs on CUDA cores), if their partial sums fit too.
+  const auto shape = [&](Product& pr, int64_t K, int64_t N, int64_t rows) {
+    pr = Product{round_up(K, tile), round_up(N, tile), tile, 0, 1, round_up(rows, tile)};
+    pr.k_chunk = dev.max_k_chunk > 0 ? std::min(pr.k_pad, round_up(dev.max_k_chunk, tile)) : pr.k_pad;
+    while (pr.shared_bytes(element_bytes, p.acc_bytes) > dev.shared_bytes_per_block && pr.k_chunk > tile) {
+      pr.k_chunk = round_up(pr.k_chunk / 2, tile);
+    }
+    if (dev.k_splits > 0) {
+      pr.k_splits = dev.k_splits;
+    } else {
+      const int64_t workers = tile == kMmaTile ? dev.threads_per_block / 32 : dev.threads_per_block;
+      const int64_t outputs = (pr.row_tile_rows / tile) * (pr.n_pad / tile);
+      const int64_t min_len = tile == kMmaTile ? kMmaTile : 32;
+      pr.k_splits = std::max<int64_t>(1, std::min(workers / std::max<int64_t>(outputs, 1), pr.k_chunk / min_len));
+      while (pr.k_splits > 1 && pr.shared_bytes(element_bytes, p.acc_bytes) > dev.shared_bytes_per_block) {
+        pr.k_splits /= 2;
+      }
+    }
+    return pr.shared_bytes(element_bytes, p.acc_bytes) <= dev.shared_bytes_per_block;
+  };
   // The most rows per chunk that fit: halved while that saves shared memory (below one tile it does not).
-  const auto fits = [&](int64_t chunk) {
-    return std::max(p.forward.shared_bytes(chunk, element_bytes, p.acc_bytes),
-                    p.backward.shared_bytes(chunk, element_bytes, p.acc_bytes)) <= dev.shared_bytes_per_block;
+  const auto fits = [&](int64_t rows) {
+    const bool forward_fits = shape(p.forward, s.H, G * U, rows);
+    const bool backward_fits = shape(p.backward, G * s.H, U, rows);
+    return forward_fits && backward_fits;
   };
   p.row_chunk = std::max<int64_t>(1, std::min(s.B, dev.max_row_chunk));
   while (!fits(p.row_chunk) && p.row_chunk > 1 && round_up(p.row_chunk / 2, tile) < round_up(p.row_chunk, tile)) {
@@ -143,7 +174,7 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
   if (!fits(p.row_chunk)) {
     p.why = "the recurrent weight's slice (" + std::to_string(G) + " x " + std::to_string(U) + " x " +
             std::to_string(s.H) + " elements of " + std::to_string(element_bytes) + " bytes per block, " +
-            std::to_string(p.blocks_per_direction) + " blocks per direction) and a tile of rows need " +
+            std::to_string(p.blocks_per_direction) + " blocks per direction) and the smallest tiles of rows need " +
             std::to_string(std::max(p.forward_shared_bytes(), p.backward_shared_bytes())) +
             " bytes of shared memory, more than the " + std::to_string(dev.shared_bytes_per_block) +
             " a block can have";
@@ -155,20 +186,40 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
 
 // ---------------------------------------------------------------- the block programs (host and device)
 
-// The step's product where no tensor core serves (float, double; the CPU emulation always): each thread
-// computes whole elements of acc, over the padded K. Contract (the tensor-core version's too): acc[r, n]
-// for r < rows and n < n_pad; rows past `rows` (up to the next tile) may be written with anything.
+// The step's product where no tensor core serves (float, double; the CPU emulation always), for the chunk
+// of columns [k0, k0 + kc) loaded in A ([row tile, k_chunk]): partial[s] [rows, n_pad] = the sum over split
+// s's columns of A times W's rows k0 + those columns. Each thread computes whole elements of one partial sum.
+// Contract (the tensor-core version's too): every element of partial[s] for r < rows, n < n_pad, s <
+// k_splits (a split with no columns left writes zeros); rows past `rows` up to the row tile may be written
+// with anything.
 template <typename Ctx, typename scalar_t>
 FASTRNN_HOST_DEVICE void block_product(const Ctx& ctx, const scalar_t* A, const scalar_t* W,
-                                       at::opmath_type<scalar_t>* acc, int64_t rows, const Product& pr) {
+                                       at::opmath_type<scalar_t>* partial, int64_t rows, const Product& pr,
+                                       int64_t k0, int64_t kc) {
   using acc_t = at::opmath_type<scalar_t>;
-  const index_t n_pad = static_cast<index_t>(pr.n_pad), k_pad = static_cast<index_t>(pr.k_pad);
-  for (index_t i = ctx.thread(); i < static_cast<index_t>(rows) * n_pad; i += ctx.threads()) {
-    const index_t r = i / n_pad, n = i % n_pad;
+  const index_t n_pad = static_cast<index_t>(pr.n_pad), k_chunk = static_cast<index_t>(pr.k_chunk);
+  const index_t len = static_cast<index_t>(pr.split_len(kc)), per_split = static_cast<index_t>(rows) * n_pad;
+  const index_t slice = static_cast<index_t>(pr.slice()), k_end = static_cast<index_t>(kc);
+  for (index_t i = ctx.thread(); i < static_cast<index_t>(pr.k_splits) * per_split; i += ctx.threads()) {
+    const index_t split = i / per_split, r = (i % per_split) / n_pad, n = i % n_pad;
+    const index_t begin = split * len, end = begin + len < k_end ? begin + len : k_end;
     acc_t sum = 0;
-    for (index_t k = 0; k < k_pad; ++k) {
-      sum += static_cast<acc_t>(A[r * k_pad + k]) * static_cast<acc_t>(W[k * n_pad + n]);
+    for (index_t k = begin; k < end; ++k) {
+      sum += static_cast<acc_t>(A[r * k_chunk + k]) * static_cast<acc_t>(W[(k0 + k) * n_pad + n]);
     }
+    partial[split * slice + r * n_pad + n] = sum;
+  }
+}
+
+// acc (+)= the partial sums of a chunk's product (=: for the first chunk), rows [0, rows).
+template <typename Ctx, typename acc_t>
+FASTRNN_HOST_DEVICE void block_sum(const Ctx& ctx, acc_t* acc, const acc_t* partial, int64_t rows, const Product& pr,
+                                   bool first) {
+  const index_t count = static_cast<index_t>(rows * pr.n_pad), slice = static_cast<index_t>(pr.slice());
+  const index_t splits = static_cast<index_t>(pr.k_splits);
+  for (index_t i = ctx.thread(); i < count; i += ctx.threads()) {
+    acc_t sum = first ? acc_t(0) : acc[i];
+    for (index_t split = 0; split < splits; ++split) sum += partial[split * slice + i];
     acc[i] = sum;
   }
 }
@@ -196,31 +247,46 @@ struct Slice {
   }
 };
 
-// The block's shared memory: the weight slice [k_pad, n_pad], a chunk of rows [row tile, k_pad], and the
-// product [row tile, n_pad]. Half and bfloat16 (always tile 16): each region's size is a multiple of 512
-// bytes, so each starts aligned for MMA fragments when the base is. float and double: the product, in the
-// element type itself, follows regions of whole elements.
+// The block's shared memory: the weight slice [k_pad, n_pad], a chunk of rows and columns [row tile,
+// k_chunk], the product [row tile, n_pad] and its k_splits partial sums [k_splits, row tile, n_pad]. Half and
+// bfloat16 (always tile 16): each region's size is a multiple of 512 bytes, so each starts aligned for MMA
+// fragments when the base is. float and double: the product, in the element type itself, follows regions
+// of whole elements.
 template <typename scalar_t>
 struct SharedTiles {
+  using acc_t = at::opmath_type<scalar_t>;
   scalar_t* w;
   scalar_t* a;
-  at::opmath_type<scalar_t>* acc;
+  acc_t* acc;
+  acc_t* partial;
   template <typename Ctx>
-  FASTRNN_HOST_DEVICE static SharedTiles carve(const Ctx& ctx, const Product& pr, int64_t row_chunk) {
+  FASTRNN_HOST_DEVICE static SharedTiles carve(const Ctx& ctx, const Product& pr) {
     scalar_t* w = ctx.template shared<scalar_t>();
     scalar_t* a = w + pr.k_pad * pr.n_pad;
-    return {w, a, reinterpret_cast<at::opmath_type<scalar_t>*>(a + pr.row_tile(row_chunk) * pr.k_pad)};
+    acc_t* acc = reinterpret_cast<acc_t*>(a + pr.row_tile_rows * pr.k_chunk);
+    return {w, a, acc, acc + pr.slice()};
   }
 };
 
-// Loads rows [b0, b0 + rows) of src (row length K, row stride K) into the tile of rows, zeroing the padded
-// columns k >= K (zero times the weight's zero padding: a NaN left in shared memory must not enter a sum).
+// One chunk of rows times the weight slice, into acc [rows, n_pad]: chunk by chunk of columns, each loaded
+// from src (rows of K elements, row stride K) into the row tile, zero past K (zero times the weight's zero
+// padding: a NaN left in shared memory must not enter a sum), multiplied (ctx.product), and summed. Ends
+// with a block barrier: acc is ready for every thread.
 template <typename Ctx, typename scalar_t>
-FASTRNN_HOST_DEVICE void load_rows(const Ctx& ctx, scalar_t* a, const scalar_t* src, int64_t rows, int64_t K,
-                                   int64_t k_pad) {
-  for (index_t i = ctx.thread(); i < static_cast<index_t>(rows * k_pad); i += ctx.threads()) {
-    const index_t r = i / static_cast<index_t>(k_pad), k = i % static_cast<index_t>(k_pad);
-    a[i] = k < K ? src[r * K + k] : scalar_t(0);
+FASTRNN_HOST_DEVICE void rows_times_weight(const Ctx& ctx, const SharedTiles<scalar_t>& sh, const scalar_t* src,
+                                           int64_t rows, int64_t K, const Product& pr) {
+  const index_t k_chunk = static_cast<index_t>(pr.k_chunk);
+  for (int64_t k0 = 0; k0 < pr.k_pad; k0 += pr.k_chunk) {
+    const int64_t kc = pr.k_chunk_at(k0);
+    for (index_t i = ctx.thread(); i < static_cast<index_t>(rows) * k_chunk; i += ctx.threads()) {
+      const index_t r = i / k_chunk, k = i % k_chunk;
+      sh.a[i] = k0 + k < K ? src[r * K + k0 + k] : scalar_t(0);
+    }
+    ctx.sync_block();
+    ctx.product(sh.a, sh.w, sh.partial, rows, pr, k0, kc);
+    ctx.sync_block();
+    block_sum(ctx, sh.acc, sh.partial, rows, pr, k0 == 0);
+    ctx.sync_block();  // acc complete; and the next chunk may overwrite the row tile and the partial sums
   }
 }
 
@@ -245,7 +311,7 @@ struct ForwardProgram {
   FASTRNN_HOST_DEVICE void operator()(const Ctx& ctx) const {
     const int64_t GH = G * H;
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
-    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
+    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product);
     // w[p, q*U + u] = W_hh[q*H + j0 + u, p]; zero where p >= H or u >= the block's units.
     const index_t n_pad = static_cast<index_t>(product.n_pad), units = static_cast<index_t>(sl.units);
     for (index_t i = ctx.thread(); i < static_cast<index_t>(product.k_pad) * n_pad; i += ctx.threads()) {
@@ -264,10 +330,7 @@ struct ForwardProgram {
           y + t * B * D * H + sl.d * H, D * H, saved ? saved + (sl.d * T + t) * B * Cell::kSaved * H : nullptr}};
       for (int64_t b0 = 0; b0 < n; b0 += row_chunk) {
         const int64_t chunk = n - b0 < row_chunk ? n - b0 : row_chunk;
-        load_rows(ctx, sh.a, h_prev + b0 * H, chunk, H, product.k_pad);
-        ctx.sync_block();
-        ctx.product(sh.a, sh.w, sh.acc, chunk, product);
-        ctx.sync_block();
+        rows_times_weight(ctx, sh, h_prev + b0 * H, chunk, H, product);
         for (index_t i = ctx.thread(); i < static_cast<index_t>(chunk) * units; i += ctx.threads()) {
           const index_t r = i / units, u = i % units;
           const int64_t b = b0 + r, j = sl.j0 + u;
@@ -278,7 +341,7 @@ struct ForwardProgram {
           }
           cell.element(b, j);
         }
-        ctx.sync_block();  // before the next chunk overwrites the rows and the product
+        ctx.sync_block();  // every thread has read acc before the next chunk's product overwrites it
       }
       // Rows past the step's running ones: their state carries into the other buffer, y is zero.
       for (index_t i = ctx.thread(); i < static_cast<index_t>(B - n) * units; i += ctx.threads()) {
@@ -315,19 +378,16 @@ struct BackwardProgram {
                                          const scalar_t* dg, int64_t n) const {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t GH = G * H;
+    const index_t units = static_cast<index_t>(sl.units), n_pad = static_cast<index_t>(product.n_pad);
     for (int64_t b0 = 0; b0 < n; b0 += row_chunk) {
       const int64_t chunk = n - b0 < row_chunk ? n - b0 : row_chunk;
-      load_rows(ctx, sh.a, dg + b0 * GH, chunk, GH, product.k_pad);
-      ctx.sync_block();
-      ctx.product(sh.a, sh.w, sh.acc, chunk, product);
-      ctx.sync_block();
-      const index_t units = static_cast<index_t>(sl.units);
+      rows_times_weight(ctx, sh, dg + b0 * GH, chunk, GH, product);
       for (index_t i = ctx.thread(); i < static_cast<index_t>(chunk) * units; i += ctx.threads()) {
         const index_t r = i / units, u = i % units;
         scalar_t& d = dh[(sl.d * B + b0 + r) * H + sl.j0 + u];
-        d = static_cast<scalar_t>(static_cast<acc_t>(d) + sh.acc[r * product.n_pad + u]);
+        d = static_cast<scalar_t>(static_cast<acc_t>(d) + sh.acc[r * n_pad + u]);
       }
-      ctx.sync_block();
+      ctx.sync_block();  // every thread has read acc before the next chunk's product overwrites it
     }
   }
 
@@ -335,7 +395,7 @@ struct BackwardProgram {
   FASTRNN_HOST_DEVICE void operator()(const Ctx& ctx) const {
     const int64_t GH = G * H;
     const Slice sl = Slice::of(ctx, blocks_per_direction, U, H);
-    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product, row_chunk);
+    const SharedTiles<scalar_t> sh = SharedTiles<scalar_t>::carve(ctx, product);
     // w[col, u] = W_hh[col, j0 + u] (W_hh^T's rows of the owned units); zero where col >= G*H or u >= units.
     const index_t n_pad = static_cast<index_t>(product.n_pad), units = static_cast<index_t>(sl.units);
     for (index_t i = ctx.thread(); i < static_cast<index_t>(product.k_pad) * n_pad; i += ctx.threads()) {
