@@ -103,16 +103,25 @@ def stepwise(case: Case) -> dict:
                 forward_ms=forward * 1e3, train_ms=(forward + backward) * 1e3)
 
 
-def _product_clk(rows: int, k_pad: int, n_pad: int, dtype: str, threads: int = 256) -> float:
-    """One block's step product on its tiles: the larger of throughput and the longest dependent chain."""
-    fmas = _round16(rows) * k_pad * n_pad if dtype != "float32" else rows * k_pad * n_pad
-    if dtype == "float32":  # block_product: each thread one output element at a time, a chain over k_pad
-        outputs = rows * n_pad
-        chain = math.ceil(outputs / threads) * k_pad * DEVICE["fma_chain_clk"]
-        return max(fmas / DEVICE["fp32_fma_per_clk_sm"], chain)
-    tiles = (_round16(rows) // 16) * (n_pad // 16)  # tensor_core_product: a warp per tile, over all of k_pad
-    chain = math.ceil(tiles / (threads // 32)) * (k_pad // 16) * DEVICE["mma_chain_clk"]
-    return max(fmas / DEVICE["mma_fma_per_clk_sm"], chain)
+def _product_clk(rows: int, k_pad: int, n_pad: int, k_chunk: int, splits: int, dtype: str,
+                 threads: int = 256) -> float:
+    """One block's product of a row chunk (persistent.h rows_times_weight): per chunk of columns, the larger
+    of throughput and the longest dependent chain, plus the partial sums' addition and three block barriers."""
+    clk = 0.0
+    for k0 in range(0, k_pad, k_chunk):
+        kc = min(k_chunk, k_pad - k0)
+        length = -(-kc // splits)
+        if dtype == "float32":  # block_product: a thread per element of one partial sum, a chain over its split
+            jobs, fmas = rows * n_pad * splits, rows * n_pad * kc
+            chain = math.ceil(jobs / threads) * length * DEVICE["fma_chain_clk"]
+            clk += max(fmas / DEVICE["fp32_fma_per_clk_sm"], chain)
+        else:  # tensor_core_product: a warp per (16 x 16 tile, split), 16-deep MMA steps over its split
+            tiles = (_round16(rows) // 16) * (n_pad // 16)
+            fmas = _round16(rows) * n_pad * kc
+            chain = math.ceil(tiles * splits / (threads // 32)) * (-(-length // 16)) * DEVICE["mma_chain_clk"]
+            clk += max(fmas / DEVICE["mma_fma_per_clk_sm"], chain)
+        clk += math.ceil(rows * n_pad / threads) * splits * 4 + 3 * DEVICE["block_sync_clk"]  # block_sum, barriers
+    return clk
 
 
 def _round16(n: int) -> int:
@@ -132,16 +141,17 @@ def persistent(case: Case) -> dict | None:
     load_clk = state_bytes_block / DEVICE["l2_bytes_per_clk_sm"]
     load_all = plan["blocks"] * state_bytes_block / DEVICE["l2_bytes_per_s"]
 
-    def step(k_pad, n_pad, extra_block_syncs):
-        product = sum(_product_clk(min(plan["row_chunk"], case.B - c * plan["row_chunk"]), k_pad, n_pad,
+    def step(pass_):
+        product = sum(_product_clk(min(plan["row_chunk"], case.B - c * plan["row_chunk"]), plan[f"{pass_}_k_pad"],
+                                   plan[f"{pass_}_n_pad"], plan[f"{pass_}_k_chunk"], plan[f"{pass_}_k_splits"],
                                    case.dtype) for c in range(chunks))
         pointwise = math.ceil(case.B * U / plan["threads_per_block"]) * DEVICE["pointwise_clk"]
-        syncs = (3 * chunks + extra_block_syncs) * DEVICE["block_sync_clk"]
+        syncs = chunks * DEVICE["block_sync_clk"]
         return max(load_clk / clk, load_all) + (product + pointwise + syncs) / clk + DEVICE["grid_sync_s"]
 
-    fwd_step = step(plan["forward_k_pad"], plan["forward_n_pad"], 0)
+    fwd_step = step("forward")
     # Backward's state is the gate gradients, G*H per row (G times forward's bytes).
-    bwd_step = step(plan["backward_k_pad"], plan["backward_n_pad"], 0) + (G - 1) * max(load_clk / clk, load_all)
+    bwd_step = step("backward") + (G - 1) * max(load_clk / clk, load_all)
     pre, post = _outside_loop(case)
     weight_load = G * case.H * case.H * e / DEVICE["hbm_bytes_per_s"]  # once per launch, spread over all SMs
     forward = pre + DEVICE["launch_gap_s"] + weight_load + case.T * fwd_step

@@ -156,3 +156,24 @@ def test_compiled_reference_runs_and_passes_the_check():
                                               ceiling=100.0, models=make_models(case, ["torch", "compiled"]))}
     assert records["compiled"]["status"] == "ok", records["compiled"]["detail"]
     assert records["compiled"]["correct"] is True and records["compiled"]["median_ms"] > 0
+
+
+def test_cost_model_counts_from_the_kernels_plan(tmp_path):
+    """benchmarks/cost_model.py (the prediction a first GPU run checks): its FLOPs, launches and barriers follow
+    from the shapes, its split is the persistent kernel's own plan, and it writes its table."""
+    from benchmarks import cost_model
+
+    anchor = cost_model.Case("lstm", T=1024, B=16, H=768, I=768, dtype="float16")
+    assert cost_model.flops(anchor)["forward"] == 2 * 1024 * 16 * (768 + 768) * 4 * 768
+    step, persistent = cost_model.stepwise(anchor), cost_model.persistent(anchor)
+    assert step["launches_forward"] == 1 + 2 * 1024 and step["barriers"] == 0
+    assert persistent["launches_forward"] == 2 and persistent["barriers"] == 2 * 1024
+    from fastrnn import _C
+    plan = _C.persistent_plan(D=1, B=16, H=768, P=768, G=4, dtype="float16")
+    assert (persistent["blocks"], persistent["units_per_block"]) == (plan["blocks"], plan["units_per_block"])
+    # A weight the chip cannot hold: no persistent prediction, the stepwise path's instead.
+    assert cost_model.persistent(cost_model.Case("lstm", T=100, B=8, H=4096, I=4096, dtype="float32")) is None
+    out = tmp_path / "cost.md"
+    cost_model.main(["--out", str(out)])
+    text = out.read_text()
+    assert "| lstm T=1024 B=16 H=768 | float16 |" in text and text.count("\n") == 2 + 2 * len(cost_model.GPU_CASES) + 2

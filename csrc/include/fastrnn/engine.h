@@ -21,6 +21,12 @@
 // which is how its logic is checked on machines without a GPU (tests/test_engine.py compares it
 // with the CPU kernels in float64).
 //
+// Two time loops: the stepwise one below (per step a batched GEMM and one functor launch), and,
+// where the Launcher's plan says so, the persistent kernel's (fastrnn/persistent.h: one launch for
+// the whole loop, the same functors per element); everything before and after the loop (the input
+// projection, the weight and input gradients) is shared. The persistent loop's own CPU check is
+// csrc/cpu/persistent_emulation.cpp (tests/test_persistent.py).
+//
 // Shapes (contiguous): x [T, B, I], w_ih [D, G*H, I], b_ih [D, G*H], h0 [D, B, P], c0 [D, B, H],
 // w_hh [D, G*H, P], b_hh [D, G*H], w_hr [D, P, H]; lengths [B] on the host, and a copy on the
 // device for the functors. Outputs y [T, B, D*P], hn [D, B, P], cn [D, B, H], workspace
