@@ -357,11 +357,11 @@ PYBIND11_MODULE(_C, module) {
   module.def(
       "persistent_plan",
       [](int64_t D, int64_t B, int64_t H, int64_t P, int64_t G, const std::string& dtype, int64_t multiprocessors,
-         int64_t shared_bytes_per_block) {
+         int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t tile) {
         const at::ScalarType st = scalar_type_named("persistent_plan", dtype);
-        const auto p = fastrnn::persistent::make_plan(
-            {D, 0, B, G, H, P, P != H}, G, c10::elementSize(st),
-            {multiprocessors, shared_bytes_per_block, fastrnn::persistent::kThreadsPerBlock});
+        fastrnn::persistent::DeviceLimits limits{multiprocessors, shared_bytes_per_block, threads_per_block};
+        limits.tile = tile;
+        const auto p = fastrnn::persistent::make_plan({D, 0, B, G, H, P, P != H}, G, c10::elementSize(st), limits);
         pybind11::dict d;
         d["fits"] = p.fits;
         d["why"] = p.why;
@@ -383,5 +383,6 @@ PYBIND11_MODULE(_C, module) {
         return d;
       },
       pybind11::arg("D"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("P"), pybind11::arg("G"),
-      pybind11::arg("dtype"), pybind11::arg("multiprocessors") = 132, pybind11::arg("shared_bytes_per_block") = 232448);
+      pybind11::arg("dtype"), pybind11::arg("multiprocessors") = 132, pybind11::arg("shared_bytes_per_block") = 232448,
+      pybind11::arg("threads_per_block") = fastrnn::persistent::kThreadsPerBlock, pybind11::arg("tile") = 0);
 }

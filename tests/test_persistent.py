@@ -204,6 +204,21 @@ def test_plan_keeps_every_block_resident_and_within_shared_memory(cell, dtype, D
         assert plan[f"{pass_}_shared_bytes"] <= H100["shared_bytes_per_block"]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_kernel_with_the_plans_own_k_splits(cell, emulated):
+    """The K splits the plan chooses itself for warps left idle (CUDA: 8 warps; here 4 warps of 128 threads, tile
+    16), not forced by the tests: forward's 2 output tiles share 4 warps (2 splits), backward's one tile takes 4
+    splits of K = G*H, the last ones short or empty. The emulation runs that plan with 128 host threads per block."""
+    Hn = 20
+    device = dict(multiprocessors=3, shared_bytes_per_block=1 << 20, threads_per_block=128, tile=16)
+    plan = _C.persistent_plan(D=1, B=3, H=Hn, P=Hn, G=GATES[cell], dtype="float64", **device)
+    assert plan["units_per_block"] == 7 and plan["forward_k_splits"] == 2 and plan["backward_k_splits"] == 4, plan
+    emulated(device["multiprocessors"], device["shared_bytes_per_block"], device["threads_per_block"], 32,
+             device["tile"])
+    _check_engine_against_kernels(cell, 1, True, False, None, torch.float64, T=3, B=3, H=Hn,
+                                  namespace="fastrnn_persistent_test")
+
+
 def test_plan_fits_the_anchor_and_not_the_largest_fp32_lstm():
     anchor = _C.persistent_plan(D=1, B=16, H=768, P=768, G=4, dtype="float16", **H100)
     assert anchor["fits"] and anchor["blocks"] == 128 and anchor["units_per_block"] == 6

@@ -136,13 +136,16 @@ __global__ void __launch_bounds__(persistent::kThreadsPerBlock) persistent_kerne
 template <class Program>
 void launch_persistent(const char* op, const Program& program, const persistent::Plan& plan, int64_t shared_bytes) {
   const auto kernel = persistent_kernel<Program>;
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  // The attribute is the kernel's, shared by every host thread: always the device's opt-in maximum (the
+  // same value from every caller, so a concurrent call can never lower it below what this one needs; the
+  // launch's own size below is what occupancy and the launch use).
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(shared_bytes)));
+                                      static_cast<int>(prop->sharedMemPerBlockOptin)));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
                                                                static_cast<int>(plan.threads_per_block),
                                                                static_cast<size_t>(shared_bytes)));
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(static_cast<int64_t>(per_sm) * prop->multiProcessorCount >= plan.blocks(), op,
               ": FASTRNN_CUDA_PATH=persistent, but the persistent kernel's ", plan.blocks(),
               " blocks cannot all be resident: ", per_sm, " per multiprocessor with ", shared_bytes,

@@ -18,7 +18,7 @@
 //                                        const Product& pr, int64_t k0, int64_t kc) const;
 //   };
 //
-// CUDA runs them from csrc/cuda/persistent.cu; the CPU emulation (csrc/cpu/persistent_emulation.cpp,
+// CUDA runs them from csrc/cuda/persistent_launch.cuh (included by csrc/cuda/layers.cu); the CPU emulation (csrc/cpu/persistent_emulation.cpp,
 // the test-only ops fastrnn_persistent_test::*) runs one host thread per thread of every block, with
 // std::barrier for both barriers, so that the tests run this code, its indexing, its ownership of
 // units and its barrier order, against the CPU kernels (tests/test_persistent.py).
@@ -31,8 +31,9 @@
 // Why one barrier per step is enough: forward, the state is double-buffered (step k reads h[k % 2]
 // and writes h[(k + 1) % 2]; a block can only overwrite h[k % 2] at step k + 1, after every block has
 // passed step k's barrier, so after every read of it); backward likewise with the step's recurrent
-// gate gradients, while dL/dh and dL/dc of a unit are only ever read and written by the thread of
-// its owning block that handles that (row, unit).
+// gate gradients, while dL/dh and dL/dc of a unit are only ever read and written by its owning
+// block (within a step, the thread that adds the recurrent part of dL/dh for a (row, unit) may differ
+// from the one running that element's cell: the block barrier between the two orders them).
 #pragma once
 
 #include <ATen/ATen.h>
