@@ -8,7 +8,7 @@
 # Stages (default: all, in this order): build, tests, anchor, bench-bfloat16, bench-float32. Each benchmark
 # stage runs every part twice, with FASTRNN_CUDA_PATH=stepwise and =persistent (the persistent kernel's
 # parts name it; a case it cannot run is recorded as an ERROR saying why). bench-float32 runs with TF32 not
-# allowed (IEEE fp32 on both sides; the persistent kernel has no TF32 path). All of it is meant to fit one
+# allowed (IEEE fp32 on both sides, as the cost model assumes; the CUDA tests check both paths' TF32). All of it is meant to fit one
 # 10-minute device call: DEADLINE (seconds from the start, default 570) cuts every part short that would run
 # past it, and a stage that starts after it is skipped and says so.
 # Each stage writes its own files into OUT_DIR as it finishes (so a call cut off by a time limit keeps

@@ -320,19 +320,20 @@ PYBIND11_MODULE(_C, module) {
              pybind11::call_guard<pybind11::gil_scoped_release>());
   // The device the persistent kernel's CPU emulation plans for (tests/test_persistent.py); returns the
   // limits before, as (multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk,
-  // tile, max_k_chunk, k_splits): fastrnn/persistent.h DeviceLimits.
+  // tile, max_k_chunk, k_splits, tf32): fastrnn/persistent.h DeviceLimits.
   module.def(
       "set_persistent_emulation",
       [](int64_t multiprocessors, int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t max_row_chunk,
-         int64_t tile, int64_t max_k_chunk, int64_t k_splits) {
+         int64_t tile, int64_t max_k_chunk, int64_t k_splits, bool tf32) {
         const auto before = fastrnn::persistent::set_emulated_device(
-            {multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile, max_k_chunk, k_splits});
+            {multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile, max_k_chunk, k_splits,
+             tf32});
         return std::make_tuple(before.multiprocessors, before.shared_bytes_per_block, before.threads_per_block,
-                               before.max_row_chunk, before.tile, before.max_k_chunk, before.k_splits);
+                               before.max_row_chunk, before.tile, before.max_k_chunk, before.k_splits, before.tf32);
       },
       pybind11::arg("multiprocessors"), pybind11::arg("shared_bytes_per_block"), pybind11::arg("threads_per_block"),
       pybind11::arg("max_row_chunk") = 32, pybind11::arg("tile") = 0, pybind11::arg("max_k_chunk") = 0,
-      pybind11::arg("k_splits") = 0);
+      pybind11::arg("k_splits") = 0, pybind11::arg("tf32") = false);
   module.def("plain_cell", &fastrnn::plain_cell);
   module.def("one_direction_layer", &fastrnn::one_direction_layer);
   // The CUDA path a layer call of these sizes would take (fastrnn/cuda_path.h), FASTRNN_CUDA_PATH
@@ -357,10 +358,11 @@ PYBIND11_MODULE(_C, module) {
   module.def(
       "persistent_plan",
       [](int64_t D, int64_t B, int64_t H, int64_t P, int64_t G, const std::string& dtype, int64_t multiprocessors,
-         int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t tile) {
+         int64_t shared_bytes_per_block, int64_t threads_per_block, int64_t tile, bool tf32) {
         const at::ScalarType st = scalar_type_named("persistent_plan", dtype);
         fastrnn::persistent::DeviceLimits limits{multiprocessors, shared_bytes_per_block, threads_per_block};
         limits.tile = tile;
+        limits.tf32 = tf32;
         const auto p = fastrnn::persistent::make_plan({D, 0, B, G, H, P, P != H}, G, c10::elementSize(st), limits);
         pybind11::dict d;
         d["fits"] = p.fits;
@@ -371,6 +373,7 @@ PYBIND11_MODULE(_C, module) {
         d["threads_per_block"] = p.threads_per_block;
         d["row_chunk"] = p.row_chunk;
         d["tile"] = p.forward.tile;
+        d["tf32"] = p.forward.tf32;
         for (const auto& [name, pr] : {std::pair{"forward", p.forward}, std::pair{"backward", p.backward}}) {
           const std::string n(name);
           d[(n + "_k_pad").c_str()] = pr.k_pad;
@@ -384,5 +387,6 @@ PYBIND11_MODULE(_C, module) {
       },
       pybind11::arg("D"), pybind11::arg("B"), pybind11::arg("H"), pybind11::arg("P"), pybind11::arg("G"),
       pybind11::arg("dtype"), pybind11::arg("multiprocessors") = 132, pybind11::arg("shared_bytes_per_block") = 232448,
-      pybind11::arg("threads_per_block") = fastrnn::persistent::kThreadsPerBlock, pybind11::arg("tile") = 0);
+      pybind11::arg("threads_per_block") = fastrnn::persistent::kThreadsPerBlock, pybind11::arg("tile") = 0,
+      pybind11::arg("tf32") = false);
 }

@@ -262,11 +262,12 @@ def _max_error(module64, x64, want):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_cuda_float32_follows_cudnn_tf32_flag(cell):
-    """fastrnn's float32 GEMMs follow torch.backends.cudnn.allow_tf32, as torch.nn's cuDNN RNNs do (not
-    ATen's cuda.matmul flag, which stays off here): with it on, both compute in TF32 (errors ~1e-4..1e-3,
-    fastrnn's at most twice torch.nn's plus a TF32 ulp); with it off, both in IEEE float32 (errors ~1e-6).
-    ATen's matmul precision is as it was after the calls."""
+def test_cuda_float32_follows_cudnn_tf32_flag(cell, cuda_path):
+    """fastrnn's float32 GEMMs (and the persistent kernel's step product: TF32 wmma) follow
+    torch.backends.cudnn.allow_tf32, as torch.nn's cuDNN RNNs do (not ATen's cuda.matmul flag, which stays
+    off here): with it on, both compute in TF32 (errors ~1e-4..1e-3, fastrnn's at most twice torch.nn's plus
+    a TF32 ulp); with it off, both in IEEE float32 (errors ~1e-6). ATen's matmul precision is as it was after
+    the calls."""
     kind, ref64, twin64, x64, want = _tf32_problem(cell)
     matmul_before = torch.backends.cuda.matmul.fp32_precision
     errors = {}

@@ -35,9 +35,9 @@ def emulated(monkeypatch):
     before = _C.set_persistent_emulation(4, 1 << 20, 2)
 
     def set_device(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk=32, tile=0,
-                   max_k_chunk=0, k_splits=0):
+                   max_k_chunk=0, k_splits=0, tf32=False):
         _C.set_persistent_emulation(multiprocessors, shared_bytes_per_block, threads_per_block, max_row_chunk, tile,
-                                    max_k_chunk, k_splits)
+                                    max_k_chunk, k_splits, tf32)
 
     yield set_device
     _C.set_persistent_emulation(*before)
@@ -119,6 +119,53 @@ def test_persistent_kernel_in_half_precision(cell, D, lengths, dtype, emulated):
     ref = {k: v.double() for k, v in run("fastrnn", rounded, grads64).items()}
     assert_low_precision_close(run("fastrnn_persistent_test", low, grads), run("fastrnn", low, grads), ref, dtype,
                                what=f"{cell} D={D} {lengths}")
+
+
+@pytest.mark.parametrize("cell,D,lengths", [("lstm", 2, "sorted"), ("gru", 1, "unsorted_with_0"),
+                                            ("rnn_tanh", 2, None)])
+def test_persistent_kernel_in_tf32(cell, D, lengths, emulated):
+    """float32 with TF32 allowed (on CUDA: torch.backends.cudnn.allow_tf32, sm_80+): the product's operands
+    rounded to TF32 (10 mantissa bits, as __float_to_tf32 rounds for the tensor cores) over padded 16 x 16
+    tiles, summed in float. Its error against float64 on the same inputs is TF32's: at most twice the float16
+    CPU kernels' (the same 11-bit significand, rounded at every store too) plus a TF32 unit, and far above
+    IEEE float32's (so the rounding is applied: with it dropped, this fails)."""
+    plan = _C.persistent_plan(D=D, B=B, H=H, P=H, G=GATES[cell], dtype="float32", multiprocessors=4,
+                              shared_bytes_per_block=1 << 20, threads_per_block=2, tf32=True)
+    assert plan["tf32"] and plan["tile"] == 16 and plan["forward_n_pad"] % 16 == 0, plan
+    args = make_args(cell, D, lengths=ROW_LENGTHS.get(lengths), requires_grad=False, T=T, B=B, H=H)
+    # Inputs exact in float16, so that every run starts from the same values.
+    args64 = {k: v.to(torch.float16).to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in args.items()}
+    cast = lambda dtype: {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+                          for k, v in args64.items()}
+    names = ["y", "hn"] + (["cn"] if cell == "lstm" else []) + backward_names(cell)
+
+    def run(namespace, dtype):
+        a = cast(dtype)
+        with torch.no_grad():
+            y, hn, *_ = _kernel_op(cell)(*args64.values(), False)
+        gen = torch.Generator().manual_seed(1)
+        grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(torch.float16).to(dtype)
+                 for t in ([y, hn, hn] if cell == "lstm" else [y, hn])]
+        fwd, bwd = _outputs_and_grads(_engine_op(cell, namespace=namespace),
+                                      _engine_op(cell, True, namespace=namespace), cell, a, grads)
+        return {n: t.double() for n, t in zip(names, fwd + bwd) if t.numel()}
+
+    ref = run("fastrnn", torch.float64)
+    half = run("fastrnn", torch.float16)
+    ieee = run("fastrnn_persistent_test", torch.float32)
+    emulated(4, 1 << 20, 2, tf32=True)
+    tf32 = run("fastrnn_persistent_test", torch.float32)
+    failures = []
+    worst_tf32 = worst_ieee = 0.0
+    for name, want in ref.items():
+        scale = max(1.0, want.abs().max().item())
+        err_tf32, err_half = ((got[name] - want).abs().max().item() for got in (tf32, half))
+        worst_tf32, worst_ieee = max(worst_tf32, err_tf32 / scale), max(worst_ieee, (ieee[name] - want).abs().max().item() / scale)
+        if not err_tf32 <= 2 * err_half + 2.0 ** -10 * scale:
+            failures.append(f"[{name}] TF32 error {err_tf32:.3g} > 2 x float16's {err_half:.3g} + a TF32 unit")
+    assert not failures, f"{cell} D={D} {lengths}:\n" + "\n".join(failures)
+    assert worst_tf32 > 30 * worst_ieee, f"TF32 not applied? worst relative errors {worst_tf32:.3g} vs IEEE {worst_ieee:.3g}"
 
 
 def test_persistent_kernel_without_saving_gives_the_same_outputs(emulated):

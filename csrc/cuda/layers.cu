@@ -117,9 +117,21 @@ struct CudaLauncher {
   static persistent::Plan check_call(const char* op, const LayerSizes& s, const at::Tensor& x) {
     TORCH_CHECK(x.is_cuda(), op, ": the CUDA kernel got x on ", x.device());
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
-    persistent::Plan plan = persistent::make_plan(
-        s, s.G, x.element_size(),
-        {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin), persistent::kThreadsPerBlock});
+    persistent::DeviceLimits limits{prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+                                    persistent::kThreadsPerBlock};
+    // float in TF32 on the tensor cores where the stepwise path's GEMMs would use it (RnnMatmulPrecision
+    // above: cuDNN's RNN flag, as torch.nn's cuDNN RNNs; with cuDNN off, ATen's matmul precision, as
+    // torch.nn's native path) and the device has TF32 MMA.
+    auto& ctx = at::globalContext();
+    limits.tf32 = x.scalar_type() == at::kFloat && prop->major >= 8 &&
+                  (ctx.userEnabledCuDNN() ? ctx.allowTF32CuDNN(at::Float32Op::RNN)
+                                          : ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+                                                at::Float32Precision::TF32);
+    persistent::Plan plan = persistent::make_plan(s, s.G, x.element_size(), limits);
+    if (!plan.fits && limits.tf32) {  // TF32's 16 x 16 tiles pad the slice: IEEE float may still fit
+      limits.tf32 = false;
+      plan = persistent::make_plan(s, s.G, x.element_size(), limits);
+    }
     if (plan.fits && !prop->cooperativeLaunch) {
       plan.fits = false;
       plan.why = "this device cannot launch cooperative kernels";

@@ -23,11 +23,12 @@ namespace cuda {
 // (persistent::SharedTiles keeps each region's start a multiple of 512 bytes from here).
 extern __shared__ __align__(128) unsigned char persistent_shared[];
 
-// A chunk of the step's product on the tensor cores, for half and bfloat16 (fp32 accumulation): the
-// contract of persistent::block_product, which the CPU emulation runs instead over the same padded tiles.
-// The warps take (16 x 16 tile of the output, split of the chunk's columns) pairs in turn; each runs its
-// split's 16-deep MMA steps and stores its partial tile (zeros for a split with no columns left). Rows past
-// `rows` up to the next tile are computed too (from whatever the row tile holds there) and never read.
+// A chunk of the step's product on the tensor cores, for half and bfloat16, and float in TF32 (fp32
+// accumulation): the contract of persistent::block_product, which the CPU emulation runs instead over the
+// same padded tiles (rounding float operands to TF32 as __float_to_tf32 does). The warps take (16 x 16 tile
+// of the output, split of the chunk's columns) pairs in turn; each runs its split's MMA steps (16 deep; TF32:
+// 8) and stores its partial tile (zeros for a split with no columns left). Rows past `rows` up to the next
+// tile are computed too (from whatever the row tile holds there) and never read.
 // What it relies on: k_pad, n_pad, k_chunk and split_len are multiples of 16 (the plan pads them), the
 // operands start 32-byte aligned (SharedTiles), A's padded columns and W's padded rows are zero.
 template <typename scalar_t>
@@ -36,9 +37,14 @@ __device__ __forceinline__ void tensor_core_product(const scalar_t* A, const sca
                                                     int64_t kc) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
-  using element = std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, __nv_bfloat16>;
-  const element* a = reinterpret_cast<const element*>(A);  // at::Half, at::BFloat16: the same 16 bits
-  const element* w = reinterpret_cast<const element*>(W) + k0 * pr.n_pad;
+  constexpr bool kTf32 = std::is_same_v<scalar_t, float>;
+  // In shared memory (at::Half, at::BFloat16: the same 16 bits as CUDA's types), and in the fragments.
+  using stored = std::conditional_t<kTf32, float, std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half,
+                                                                     __nv_bfloat16>>;
+  using element = std::conditional_t<kTf32, wmma::precision::tf32, stored>;
+  constexpr unsigned kDepth = kTf32 ? 8 : 16;
+  const stored* a = reinterpret_cast<const stored*>(A);
+  const stored* w = reinterpret_cast<const stored*>(W) + k0 * pr.n_pad;
   const unsigned k_chunk = static_cast<unsigned>(pr.k_chunk), n_pad = static_cast<unsigned>(pr.n_pad);
   const unsigned splits = static_cast<unsigned>(pr.k_splits), len = static_cast<unsigned>(pr.split_len(kc));
   const unsigned k_end = static_cast<unsigned>(kc), slice = static_cast<unsigned>(pr.slice());
@@ -46,13 +52,17 @@ __device__ __forceinline__ void tensor_core_product(const scalar_t* A, const sca
   for (unsigned job = threadIdx.x / 32; job < row_tiles * col_tiles * splits; job += blockDim.x / 32) {
     const unsigned split = job % splits, tile = job / splits, tm = tile / col_tiles, tn = tile % col_tiles;
     const unsigned begin = split * len, end = begin + len < k_end ? begin + len : k_end;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c;
     wmma::fill_fragment(c, 0.0f);
-    for (unsigned k = begin; k < end; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, element, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, element, wmma::row_major> fb;
+    for (unsigned k = begin; k < end; k += kDepth) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kDepth, element, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, kDepth, element, wmma::row_major> fb;
       wmma::load_matrix_sync(fa, a + tm * 16 * k_chunk + k, k_chunk);
       wmma::load_matrix_sync(fb, w + k * n_pad + tn * 16, n_pad);
+      if constexpr (kTf32) {  // the fragments hold floats: round them as the emulation does (to nearest)
+        for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+        for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+      }
       wmma::mma_sync(c, fa, fb, c);
     }
     wmma::store_matrix_sync(partial + split * slice + tm * 16 * n_pad + tn * 16, c, n_pad, wmma::mem_row_major);
@@ -108,14 +118,21 @@ struct CudaCtx {
     return nullptr;
 #endif
   }
-  // Tensor cores for half and bfloat16 from sm_80 (wmma's bfloat16 needs it; one rule for both); CUDA cores
-  // (persistent::block_product) otherwise. TF32 for float is not used yet.
+  // Tensor cores for half and bfloat16 from sm_80 (wmma's bfloat16 needs it; one rule for both), and for
+  // float where the plan says TF32 (the launcher asks for it only from sm_80); CUDA cores
+  // (persistent::block_product) otherwise.
   template <typename T>
   FASTRNN_HOST_DEVICE void product(const T* A, const T* W, at::opmath_type<T>* partial, int64_t rows,
                                    const persistent::Product& pr, int64_t k0, int64_t kc) const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
       if (pr.tile == persistent::kMmaTile) {  // always, from make_plan for 2-byte elements
+        tensor_core_product(A, W, partial, rows, pr, k0, kc);
+        return;
+      }
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (pr.tf32) {  // tile 16, from make_plan
         tensor_core_product(A, W, partial, rows, pr, k0, kc);
         return;
       }

@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "fastrnn/checks.h"
 #include "fastrnn/engine_steps.h"
@@ -60,15 +61,17 @@ struct DeviceLimits {
   int64_t tile = 0;                // float/double tiles' edge (Product::tile); 0: 1 (tests force 16)
   int64_t max_k_chunk = 0;         // the most columns of rows loaded at a time; 0: all (tests make it small)
   int64_t k_splits = 0;            // Product::k_splits; 0: chosen by the plan (tests force more)
+  bool tf32 = false;               // float: the product in TF32 on the tensor cores (CUDA: sm_80+ and
+                                   // torch.backends.cudnn.allow_tf32, as torch.nn's cuDNN RNNs; 16 x 16 tiles)
 };
 
 // Threads per block of the CUDA kernel: 8 warps, enough to hide shared-memory latency, and warps for
 // the tensor-core tiles of a step's product.
 inline constexpr int64_t kThreadsPerBlock = 256;
 
-// The tile edge of a step's product in half and bfloat16: the shape of a tensor-core MMA (wmma 16 x 16 x
-// 16), to which the operands in shared memory are zero-padded. float and double run on CUDA cores: no
-// padding (tile 1), so more of the weight fits on-chip.
+// The tile edge of a step's product in half and bfloat16 (and float in TF32): the shape of a tensor-core
+// MMA (wmma 16 x 16 x 16; TF32's 16 x 16 x 8 twice), to which the operands in shared memory are
+// zero-padded. float in IEEE and double run on CUDA cores: no padding (tile 1), so more of the weight fits.
 inline constexpr int64_t kMmaTile = 16;
 
 // Indices within one block's work: its tiles (within its shared memory), its rows x units (make_plan keeps
@@ -88,6 +91,7 @@ FASTRNN_HOST_DEVICE inline int64_t round_up(int64_t n, int64_t to) { return (n +
 struct Product {
   int64_t k_pad = 0, n_pad = 0, tile = 1, k_chunk = 0, k_splits = 1;
   int64_t row_tile_rows = 0;  // the rows of the tiles of A, acc and each partial sum: the row chunk, rounded up
+  bool tf32 = false;          // float operands rounded to TF32 (10 mantissa bits), products summed in float
   FASTRNN_HOST_DEVICE int64_t slice() const { return row_tile_rows * n_pad; }  // one partial sum's elements
   // Columns [k0, k0 + k_chunk_at(k0)) form the chunk starting at k0; each split takes split_len of them.
   FASTRNN_HOST_DEVICE int64_t k_chunk_at(int64_t k0) const { return k_pad - k0 < k_chunk ? k_pad - k0 : k_chunk; }
@@ -139,12 +143,13 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
   const int64_t U = (s.H + max_blocks - 1) / max_blocks;
   p.units_per_block = U;
   p.blocks_per_direction = (s.H + U - 1) / U;
-  const int64_t tile = element_bytes == 2 ? kMmaTile : (dev.tile > 0 ? dev.tile : 1);
+  const bool tf32 = element_bytes == 4 && dev.tf32;
+  const int64_t tile = element_bytes == 2 || tf32 ? kMmaTile : (dev.tile > 0 ? dev.tile : 1);
   // Each product's chunks and splits for a row chunk of `rows`: the whole K at once where it fits, else
   // halved (in whole tiles); then as many K splits as leave no warp (thread, on CUDA cores) idle, each at
   // least one 16-deep step (32 FMAs on CUDA cores), if their partial sums fit too.
   const auto shape = [&](Product& pr, int64_t K, int64_t N, int64_t rows) {
-    pr = Product{round_up(K, tile), round_up(N, tile), tile, 0, 1, round_up(rows, tile)};
+    pr = Product{round_up(K, tile), round_up(N, tile), tile, 0, 1, round_up(rows, tile), tf32};
     pr.k_chunk = dev.max_k_chunk > 0 ? std::min(pr.k_pad, round_up(dev.max_k_chunk, tile)) : pr.k_pad;
     while (pr.shared_bytes(element_bytes, p.acc_bytes) > dev.shared_bytes_per_block && pr.k_chunk > tile) {
       pr.k_chunk = round_up(pr.k_chunk / 2, tile);
@@ -187,6 +192,25 @@ inline Plan make_plan(const LayerSizes& s, int64_t G, int64_t element_bytes, con
 
 // ---------------------------------------------------------------- the block programs (host and device)
 
+// A float rounded to TF32 as the tensor cores take it (CUDA: wmma::__float_to_tf32, cvt.rna.tf32.f32): to
+// nearest, ties away from zero, keeping 10 mantissa bits; NaN and infinity as they are.
+FASTRNN_HOST_DEVICE inline float round_to_tf32(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof(bits));
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  __builtin_memcpy(&x, &bits, sizeof(bits));
+  return x;
+}
+
+// An operand of the step's product as the product multiplies it (TF32 when the plan says so).
+template <typename scalar_t>
+FASTRNN_HOST_DEVICE inline at::opmath_type<scalar_t> product_operand(scalar_t x, const Product& pr) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (pr.tf32) return round_to_tf32(x);
+  }
+  return static_cast<at::opmath_type<scalar_t>>(x);
+}
+
 // The step's product where no tensor core serves (float, double; the CPU emulation always), for the chunk
 // of columns [k0, k0 + kc) loaded in A ([row tile, k_chunk]): partial[s] [rows, n_pad] = the sum over split
 // s's columns of A times W's rows k0 + those columns. Each thread computes whole elements of one partial sum.
@@ -206,7 +230,7 @@ FASTRNN_HOST_DEVICE void block_product(const Ctx& ctx, const scalar_t* A, const 
     const index_t begin = split * len, end = begin + len < k_end ? begin + len : k_end;
     acc_t sum = 0;
     for (index_t k = begin; k < end; ++k) {
-      sum += static_cast<acc_t>(A[r * k_chunk + k]) * static_cast<acc_t>(W[(k0 + k) * n_pad + n]);
+      sum += product_operand(A[r * k_chunk + k], pr) * product_operand(W[(k0 + k) * n_pad + n], pr);
     }
     partial[split * slice + r * n_pad + n] = sum;
   }
