@@ -139,16 +139,16 @@ def test_persistent_kernel_in_tf32(cell, D, lengths, emulated):
     cast = lambda dtype: {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
                           for k, v in args64.items()}
     names = ["y", "hn"] + (["cn"] if cell == "lstm" else []) + backward_names(cell)
+    with torch.no_grad():
+        y, hn, *_ = _kernel_op(cell)(*args64.values(), False)
+    gen = torch.Generator().manual_seed(1)
+    grads64 = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(torch.float16).to(torch.float64)
+               for t in ([y, hn, hn] if cell == "lstm" else [y, hn])]
 
     def run(namespace, dtype):
-        a = cast(dtype)
-        with torch.no_grad():
-            y, hn, *_ = _kernel_op(cell)(*args64.values(), False)
-        gen = torch.Generator().manual_seed(1)
-        grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(torch.float16).to(dtype)
-                 for t in ([y, hn, hn] if cell == "lstm" else [y, hn])]
         fwd, bwd = _outputs_and_grads(_engine_op(cell, namespace=namespace),
-                                      _engine_op(cell, True, namespace=namespace), cell, a, grads)
+                                      _engine_op(cell, True, namespace=namespace), cell, cast(dtype),
+                                      [g.to(dtype) for g in grads64])
         return {n: t.double() for n, t in zip(names, fwd + bwd) if t.numel()}
 
     ref = run("fastrnn", torch.float64)
@@ -161,11 +161,13 @@ def test_persistent_kernel_in_tf32(cell, D, lengths, emulated):
     for name, want in ref.items():
         scale = max(1.0, want.abs().max().item())
         err_tf32, err_half = ((got[name] - want).abs().max().item() for got in (tf32, half))
-        worst_tf32, worst_ieee = max(worst_tf32, err_tf32 / scale), max(worst_ieee, (ieee[name] - want).abs().max().item() / scale)
+        err_ieee = (ieee[name] - want).abs().max().item()
+        worst_tf32, worst_ieee = max(worst_tf32, err_tf32 / scale), max(worst_ieee, err_ieee / scale)
         if not err_tf32 <= 2 * err_half + 2.0 ** -10 * scale:
             failures.append(f"[{name}] TF32 error {err_tf32:.3g} > 2 x float16's {err_half:.3g} + a TF32 unit")
     assert not failures, f"{cell} D={D} {lengths}:\n" + "\n".join(failures)
-    assert worst_tf32 > 30 * worst_ieee, f"TF32 not applied? worst relative errors {worst_tf32:.3g} vs IEEE {worst_ieee:.3g}"
+    assert worst_tf32 > 30 * worst_ieee, \
+        f"TF32 not applied? worst relative errors {worst_tf32:.3g} vs IEEE {worst_ieee:.3g}"
 
 
 def test_persistent_kernel_without_saving_gives_the_same_outputs(emulated):

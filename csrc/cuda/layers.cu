@@ -49,6 +49,16 @@ __global__ void pointwise_kernel(F f, int64_t n) {
 // per-backend one is changed. This state is process-wide: the mutex keeps concurrent fastrnn calls
 // from interleaving their set and restore, but another thread's own float32 matmul issued during a
 // fastrnn call would see it (README: CUDA, TF32).
+// The precision torch.nn computes a float32 RNN's products in: TF32 where cuDNN's RNN flag allows it;
+// with cuDNN disabled, ATen's CUDA matmul precision (its native layers run on ATen's matmuls). Both CUDA
+// paths follow it: the stepwise GEMMs (RnnMatmulPrecision) and the persistent kernel's product.
+bool torch_rnn_float32_uses_tf32() {
+  auto& ctx = at::globalContext();
+  return ctx.userEnabledCuDNN() ? ctx.allowTF32CuDNN(at::Float32Op::RNN)
+                                : ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+                                      at::Float32Precision::TF32;
+}
+
 class RnnMatmulPrecision {
  public:
   explicit RnnMatmulPrecision(const at::Tensor& x) {
@@ -56,7 +66,7 @@ class RnnMatmulPrecision {
     auto& ctx = at::globalContext();
     if (!ctx.userEnabledCuDNN()) return;
     lock_ = std::unique_lock<std::mutex>(mutex());
-    const bool want_tf32 = ctx.allowTF32CuDNN(at::Float32Op::RNN);
+    const bool want_tf32 = torch_rnn_float32_uses_tf32();
     saved_ = ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
     if ((saved_ == at::Float32Precision::TF32) == want_tf32) return;
     inherited_ = saved_ == ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::ALL);
@@ -119,14 +129,8 @@ struct CudaLauncher {
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
     persistent::DeviceLimits limits{prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
                                     persistent::kThreadsPerBlock};
-    // float in TF32 on the tensor cores where the stepwise path's GEMMs would use it (RnnMatmulPrecision
-    // above: cuDNN's RNN flag, as torch.nn's cuDNN RNNs; with cuDNN off, ATen's matmul precision, as
-    // torch.nn's native path) and the device has TF32 MMA.
-    auto& ctx = at::globalContext();
-    limits.tf32 = x.scalar_type() == at::kFloat && prop->major >= 8 &&
-                  (ctx.userEnabledCuDNN() ? ctx.allowTF32CuDNN(at::Float32Op::RNN)
-                                          : ctx.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
-                                                at::Float32Precision::TF32);
+    // float in TF32 on the tensor cores where torch.nn would compute in TF32 and the device has TF32 MMA.
+    limits.tf32 = x.scalar_type() == at::kFloat && prop->major >= 8 && torch_rnn_float32_uses_tf32();
     persistent::Plan plan = persistent::make_plan(s, s.G, x.element_size(), limits);
     if (!plan.fits && limits.tf32) {  // TF32's 16 x 16 tiles pad the slice: IEEE float may still fit
       limits.tf32 = false;

@@ -118,21 +118,15 @@ struct CudaCtx {
     return nullptr;
 #endif
   }
-  // Tensor cores for half and bfloat16 from sm_80 (wmma's bfloat16 needs it; one rule for both), and for
-  // float where the plan says TF32 (the launcher asks for it only from sm_80); CUDA cores
-  // (persistent::block_product) otherwise.
+  // Tensor cores from sm_80 for half and bfloat16 (wmma's bfloat16 needs it; one rule for both), and for
+  // float where the plan says TF32 (the launcher asks for it only from sm_80): make_plan gives both 16 x 16
+  // tiles. CUDA cores (persistent::block_product) otherwise.
   template <typename T>
   FASTRNN_HOST_DEVICE void product(const T* A, const T* W, at::opmath_type<T>* partial, int64_t rows,
                                    const persistent::Product& pr, int64_t k0, int64_t kc) const {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
-      if (pr.tile == persistent::kMmaTile) {  // always, from make_plan for 2-byte elements
-        tensor_core_product(A, W, partial, rows, pr, k0, kc);
-        return;
-      }
-    }
-    if constexpr (std::is_same_v<T, float>) {
-      if (pr.tf32) {  // tile 16, from make_plan
+    if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16> || std::is_same_v<T, float>) {
+      if (pr.tile == persistent::kMmaTile && (sizeof(T) == 2 || pr.tf32)) {
         tensor_core_product(A, W, partial, rows, pr, k0, kc);
         return;
       }
